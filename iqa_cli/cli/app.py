@@ -1,0 +1,72 @@
+"""The `iqa` Typer application: wiring only. Commands live in their own modules."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from ..errors import IQAError
+
+
+class IQAGroup(TyperGroup):
+    """Turns every IQAError (and OS-level failures) into one red line on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        from rich.text import Text
+
+        from .common import err_console
+
+        try:
+            return super().invoke(ctx)
+        except IQAError as exc:
+            err_console.print(Text("error: ", style="bold red") + Text(str(exc)))
+            raise typer.Exit(1) from None
+        except OSError as exc:  # disk full, permission denied, ... never a traceback
+            err_console.print(Text("error: ", style="bold red") + Text(str(exc)))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print(Text("interrupted", style="bold red"))
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    name="iqa",
+    cls=IQAGroup,
+    help="Perceptual image quality: LPIPS and Graphics-LPIPS distances, mesh-quality databases, "
+         "BAPPS benchmark protocols and training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"iqa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: bool = typer.Option(False, "--iqa-version", "-V", callback=_version_callback,
+                                            is_eager=True, help="Print the iqa version and exit.")) -> None:
+    """Perceptual image quality toolkit."""
+
+
+# -- command registration (one line per command module) ----------------------------------------
+# commands registered below
+
+
+
+
+def main() -> None:
+    app(prog_name="iqa")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""What every command shares: options that mean the same everywhere, output helpers, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# -- options shared by every command (same name, same meaning) ----------------------------------
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K", show_default=True)
+BatchSizeOpt = typer.Option(64, "--batch-size", min=1, help="Images or patch pairs per forward pass.")
+JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+NetOpt = typer.Option(None, "--net", help="Backbone: alex | vgg | squeeze (default: the checkpoint's, else alex).")
+VersionOpt = typer.Option(None, "--version", help="LPIPS version: 0.1 or 0.0 (default 0.1).")
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Heads to load: an LPIPS head file, an original "
+                             "Graphics-LPIPS .pth, or a checkpoint written by 'iqa train'.")
+BackboneWeightsOpt = typer.Option(None, "--backbone-weights", help="Local backbone weights file instead of "
+                                  "torchvision's ImageNet cache ($TORCH_HOME/hub/checkpoints).")
+
+
+def emit_json(document: Any) -> None:
+    """The one JSON document a --json run prints."""
+    sys.stdout.write(json.dumps(document, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_float(x: float | None) -> float | None:
+    """NaN is not JSON: report it as null."""
+    if x is None or x != x:
+        return None
+    return float(x)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second in the unit of the work (patches/s, pairs/s, renders/s)."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, unit: str, enabled: bool = True) -> Iterator:
+    """A rich progress bar on stderr; yields advance(n). Hidden when stderr is not a terminal
+    unless IQA_PROGRESS=1, so logs and --json pipelines stay clean."""
+    show = enabled and (err_console.is_terminal or os.environ.get("IQA_PROGRESS") == "1")
+    if not show:
+        yield lambda n=1: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+                  TimeRemainingColumn(), console=err_console) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def resolve_backbone_weights(path: Path | None) -> str | Path:
+    return path if path is not None else "imagenet"

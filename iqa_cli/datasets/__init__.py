@@ -1,0 +1,1 @@
+"""Readers for on-disk dataset layouts (BAPPS folders, mesh-quality databases)."""

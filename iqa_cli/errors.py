@@ -1,0 +1,25 @@
+"""Exceptions raised at the library's public boundary.
+
+Every message is meant to be shown to a user as one line: what was expected, what was found,
+and the fix. The CLI turns any IQAError into that line and exit code 1.
+"""
+
+
+class IQAError(Exception):
+    """Base of every error iqa raises on purpose."""
+
+
+class InvalidInputError(IQAError, ValueError):
+    """A file, folder, option value or table the user gave is unusable."""
+
+
+class UnknownMetricError(IQAError, ValueError):
+    """A metric, network or version name that iqa does not know."""
+
+
+class WeightsError(IQAError):
+    """Backbone weights or a checkpoint are missing or do not fit the model."""
+
+
+class StoreError(IQAError):
+    """An HDF5 patch store is missing, corrupt, foreign, stale or of another schema."""

@@ -1,0 +1,88 @@
+"""Reading image files into arrays the models accept.
+
+Every loader returns RGB in [0, 1] so callers never care whether a file was grey, palette,
+RGBA or 16-bit. Errors name the file and say what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InvalidInputError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _open(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such file (check the path)")
+    if path.is_dir():
+        raise InvalidInputError(f"{path}: is a folder, expected an image file")
+    try:
+        img = Image.open(path)
+        img.load()  # decode now so a truncated file fails here, not later in a worker
+    except UnidentifiedImageError:
+        raise InvalidInputError(f"{path}: not an image PIL can read (expected PNG, JPEG, BMP, TIFF or WebP)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: damaged or truncated image ({exc}); re-export the file") from None
+    return img
+
+
+def _to_float_rgba(img: Image.Image) -> np.ndarray:
+    """(H, W, 4) float32 in [0, 1], whatever the file's mode and bit depth."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(arr / peak, 0.0, 1.0).astype(np.float32)
+        return np.dstack([grey, grey, grey, np.ones_like(grey)])
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.dstack([grey, grey, grey, np.ones_like(grey)])
+    rgba = img.convert("RGBA")  # handles L, LA, P (with transparency), RGB, CMYK, 1
+    return np.asarray(rgba, dtype=np.float32) / 255.0
+
+
+def load_image_rgba(path: str | Path) -> np.ndarray:
+    """(H, W, 4) float32 in [0, 1]; alpha is 1 where the file has none."""
+    return _to_float_rgba(_open(Path(path)))
+
+
+def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Load an image as float32 (3, H, W) in [0, 1].
+
+    Alpha is dropped (not composited): perceptual metrics compare the colour a renderer wrote.
+    ``size`` (H, W) resizes with bicubic filtering, as the LPIPS tools do.
+    """
+    img = _open(Path(path))
+    if size is not None and (img.height, img.width) != tuple(size):
+        if img.mode not in ("RGB", "RGBA", "L"):
+            img = Image.fromarray((_to_float_rgba(img) * 255).round().astype(np.uint8), "RGBA")
+        img = img.resize((size[1], size[0]), Image.BICUBIC)
+    rgb = _to_float_rgba(img)[..., :3]
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def load_image_uint8(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8, the representation the patch store and the BAPPS baselines use."""
+    rgb = load_image_rgba(path)[..., :3]
+    return (rgb * 255.0).round().astype(np.uint8)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the header only."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file (check the path)") from None
+    except (UnidentifiedImageError, OSError):
+        raise InvalidInputError(f"{path}: not an image PIL can read") from None

@@ -1,0 +1,1 @@
+"""Statistics on scores: correlation with subjective data, BAPPS protocol scores."""

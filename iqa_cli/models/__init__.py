@@ -1,0 +1,1 @@
+"""Neural parts: backbone feature taps, per-layer heads, and the perceptual distance."""

@@ -1,0 +1,112 @@
+"""The perceptual distance shared by LPIPS, its baseline and Graphics-LPIPS.
+
+d(x0, x1) = sum_l mean_hw head_l((n(f_l(x0)) - n(f_l(x1)))^2), with n() the unit-normalisation
+along channels. Splitting ``features`` from ``distance_from_features`` lets the engine compute
+a reference patch's features once and reuse them for every distorted version of it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone, BackboneSpec
+from .heads import make_head
+
+VERSIONS = ("0.1", "0.0")
+EPS = 1e-10
+# Per-channel input scaling of LPIPS v0.1 (applied to inputs already mapped to [-1, 1]).
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+
+
+def unit_normalize(feature: torch.Tensor) -> torch.Tensor:
+    norm = torch.sqrt(torch.sum(feature * feature, dim=1, keepdim=True))
+    return feature / (norm + EPS)
+
+
+class PerceptualDistance(nn.Module):
+    """LPIPS-family distance on images in [0, 1].
+
+    head_type: "lpips" (linear heads), "graphics" (MLP heads) or "none" (the paper's baseline:
+    squared normalised differences summed over channels).
+    """
+
+    def __init__(self, spec: BackboneSpec, version: str = "0.1", head_type: str = "lpips", spatial: bool = False,
+                 backbone: Backbone | None = None):
+        super().__init__()
+        if version not in VERSIONS:
+            raise ValueError(f"unknown LPIPS version {version!r}")
+        self.spec = spec
+        self.version = version
+        self.head_type = head_type
+        self.spatial = spatial
+        self.metric_name = {"lpips": "lpips", "graphics": "graphics-lpips", "none": "baseline"}[head_type]
+        self.net = backbone if backbone is not None else Backbone(spec)
+        if head_type != "none":
+            for k, channels in enumerate(spec.channels):
+                setattr(self, f"lin{k}", make_head(head_type, channels))
+        # Non-persistent: constants of the method, not learned state.
+        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        self.freeze_backbone()
+
+    # -- parts ---------------------------------------------------------------------------------
+    def heads_module(self) -> nn.Module:
+        """A view holding only the heads, with the released files' key names (``lin{k}.model.*``)."""
+        view = nn.Module()
+        if self.head_type != "none":
+            for k in range(len(self.spec.channels)):
+                view.add_module(f"lin{k}", getattr(self, f"lin{k}"))
+        return view
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        for p in self.net.parameters():
+            p.requires_grad_(not frozen)
+
+    def preprocess(self, images01: torch.Tensor) -> torch.Tensor:
+        x = images01 * 2 - 1
+        if self.version == "0.1":
+            x = (x - self.shift) / self.scale
+        return x
+
+    def features(self, images01: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised feature taps of images in [0, 1], shape (N, 3, H, W)."""
+        return [unit_normalize(t) for t in self.net(self.preprocess(images01))]
+
+    def layer_maps(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One (N, 1, h_l, w_l) distance map per tap."""
+        maps = []
+        for k, (f0, f1) in enumerate(zip(feats0, feats1)):
+            diff = (f0 - f1) ** 2
+            if self.head_type == "none":
+                maps.append(diff.sum(dim=1, keepdim=True))
+            else:
+                maps.append(getattr(self, f"lin{k}")(diff))
+        return maps
+
+    def distance_from_features(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor],
+                               out_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """(N,) distances, or (N, 1, H, W) maps when the metric is spatial (needs out_hw)."""
+        maps = self.layer_maps(feats0, feats1)
+        if self.spatial:
+            if out_hw is None:
+                raise ValueError("spatial distances need the input size")
+            total = sum(F.interpolate(m, size=out_hw, mode="bilinear", align_corners=False) for m in maps)
+            return total
+        return sum(m.mean(dim=(2, 3)) for m in maps).flatten()
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
+        if img0.ndim == 3:
+            img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
+        if img0.shape != img1.shape or img0.ndim != 4 or img0.shape[1] != 3:
+            raise ValueError(f"expected two (N, 3, H, W) batches of one shape, got {tuple(img0.shape)} "
+                             f"and {tuple(img1.shape)}")
+        if img0.shape[0] == 0:
+            return img0.new_zeros((0, 1, *img0.shape[2:]) if self.spatial else (0,))
+        # One backbone pass over both images: fewer, larger kernels than two passes.
+        feats = self.features(torch.cat([img0, img1]))
+        n = img0.shape[0]
+        return self.distance_from_features([f[:n] for f in feats], [f[n:] for f in feats],
+                                           out_hw=tuple(img0.shape[2:]))

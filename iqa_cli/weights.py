@@ -1,0 +1,210 @@
+"""Where weights come from: bundled LPIPS heads, torchvision's cache, and checkpoint files.
+
+Everything is loaded with ``weights_only=True`` and checked key by key: a file that does not fit
+is an error naming the missing, unexpected and mis-shaped keys, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+from .models.backbones import BACKBONES, BackboneSpec
+
+CHECKPOINT_FORMAT = "iqa-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+OFFLINE_ENV = "IQA_OFFLINE"  # set to 1 to never attempt a download
+
+
+# -- strict loading ----------------------------------------------------------------------------
+def _short(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` or raise WeightsError listing every mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if misshaped:
+            parts.append("wrong shapes: " + _short(
+                [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in misshaped]))
+        raise WeightsError(f"{source} does not fit this model; " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def read_state_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True, turning every failure into one clear WeightsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file (check the path)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError,
+            TypeError, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({first_line[:120]})") from None
+
+
+# -- backbones ---------------------------------------------------------------------------------
+def torchvision_weights_enum(spec: BackboneSpec):
+    import torchvision.models as tvm
+
+    return getattr(tvm, spec.weights_enum).IMAGENET1K_V1
+
+
+def torchvision_cache_dir() -> Path:
+    """The folder torchvision's weights API reads from and downloads to."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_cache_file(spec: BackboneSpec) -> Path:
+    url = torchvision_weights_enum(spec).url
+    return torchvision_cache_dir() / Path(urlparse(url).path).name
+
+
+def imagenet_backbone_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """The torchvision ImageNet state dict, through its weights API and cache."""
+    weights = torchvision_weights_enum(spec)
+    cached = torchvision_cache_file(spec)
+    offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+    hint = (f"ImageNet weights for '{spec.name}' not found: expected {cached.name} in {cached.parent} "
+            f"(copy the file there, set TORCH_HOME to a folder whose hub/checkpoints holds it, "
+            f"or pass --backbone-weights PATH)")
+    if not cached.is_file() and offline:
+        raise WeightsError(hint + f"; {OFFLINE_ENV} is set, so no download was tried")
+    try:
+        return weights.get_state_dict(progress=False, weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+        if cached.is_file():
+            raise WeightsError(f"{cached}: cached backbone weights are unreadable ({exc}); delete the file "
+                               f"and copy a good one there") from None
+        raise WeightsError(hint + f"; the download failed ({exc})") from None
+
+
+def backbone_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Backbone weights from a local file, as Backbone keys (``slice{n}.{i}.*``) or torchvision keys."""
+    state = read_state_file(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors (torchvision 'features.*' or 'slice*' keys)")
+    return state
+
+
+def load_backbone_weights(model_backbone: nn.Module, spec: BackboneSpec, source: str | Path) -> None:
+    """source: 'imagenet' (torchvision cache), 'random' (keep the fresh init) or a file path."""
+    if source == "random":
+        return
+    if source == "imagenet":
+        model_backbone.load_torchvision_state_dict(imagenet_backbone_state(spec))
+        return
+    state = backbone_state_from_file(source)
+    state = {k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()}
+    if any(k.startswith("features.") for k in state):
+        try:
+            model_backbone.load_torchvision_state_dict(state)
+        except WeightsError as exc:
+            raise WeightsError(f"{source}: {exc}") from None
+    else:
+        load_strict(model_backbone, state, source=str(source))
+
+
+# -- heads -------------------------------------------------------------------------------------
+def bundled_head_state(net: str, version: str) -> dict[str, torch.Tensor]:
+    """The released LPIPS linear heads, shipped inside the package."""
+    ref = resources.files("iqa_cli") / "heads" / f"v{version}" / f"{net}.pth"
+    with resources.as_file(ref) as path:
+        if not path.is_file():
+            raise WeightsError(f"bundled LPIPS head {path} is missing: reinstall iqa-cli")
+        return read_state_file(path)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file, understood: which heads it holds and for which network."""
+
+    path: Path
+    kind: str  # "lpips-heads" | "graphics-lpips" | "iqa"
+    head_type: str  # "lpips" | "graphics"
+    net: str
+    version: str
+    head_state: dict[str, torch.Tensor]
+    backbone_state: dict[str, torch.Tensor] | None  # Backbone keys ('slice*'), when the file has them
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def infer_net(head_state: dict[str, torch.Tensor], head_type: str) -> str | None:
+    """The network whose channel counts match the heads' input widths, if any."""
+    k = 0
+    widths = []
+    while f"lin{k}.model.1.weight" in head_state:
+        widths.append(int(head_state[f"lin{k}.model.1.weight"].shape[1]))
+        k += 1
+    for name, spec in BACKBONES.items():
+        if tuple(widths) == spec.channels:
+            return name
+    return None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    raw = read_state_file(path)
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
+    if raw.get("format") == CHECKPOINT_FORMAT:
+        state = raw["state_dict"]
+        head_state = {k: v for k, v in state.items() if k.startswith("lin")}
+        backbone = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or None
+        return Checkpoint(path, "iqa", raw["head_type"], raw["net"], raw["version"], head_state, backbone,
+                          dict(raw.get("config", {})))
+    if not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise WeightsError(f"{path}: not a weights file (expected tensors under keys like 'lin0.model.1.weight')")
+    state = {k.removeprefix("module."): v for k, v in raw.items()}
+    head_state = {k: v for k, v in state.items() if k.startswith("lin")}
+    backbone = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or None
+    other = sorted(k for k in state if not (k.startswith("lin") or k.startswith("net.") or k.startswith("scaling_layer.")))
+    if not head_state or other:
+        found = _short(other or sorted(state))
+        raise WeightsError(f"{path}: not an LPIPS / Graphics-LPIPS checkpoint (expected 'lin{{k}}.model.*' keys, "
+                           f"found {found})")
+    head_type = "graphics" if "lin0.model.4.weight" in head_state else "lpips"
+    net = infer_net(head_state, head_type) or "unknown"
+    kind = "graphics-lpips" if head_type == "graphics" else "lpips-heads"
+    return Checkpoint(path, kind, head_type, net, "0.1", head_state, backbone)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, net: str, version: str, head_type: str,
+                    config: dict[str, Any] | None = None, include_backbone: bool = False,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint this project (and score-pair / score-mesh-db) loads; atomic rename."""
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if k.startswith("lin") or (include_backbone and k.startswith("net."))}
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "net": net,
+               "version": version, "head_type": head_type, "state_dict": state, "config": dict(config or {})}
+    payload.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
