@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -14,7 +13,7 @@ from ..errors import IQAError
 class IQAGroup(TyperGroup):
     """Turns every IQAError (and OS-level failures) into one red line on stderr and exit 1."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         from rich.text import Text
 
         from .common import err_console
