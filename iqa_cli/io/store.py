@@ -1,0 +1,517 @@
+"""The HDF5 patch store: one file per mesh-quality database (the only module importing h5py).
+
+Schema version 1 (see datasets/README.md for the user-facing description)::
+
+    attrs   iqa_store="patch-store", schema_version=1, patch_size, stride (-1: unknown, imported),
+            min_foreground (NaN: unknown), background (str), fingerprint (hex), source ("renders"|"patches")
+    /distorted              uint8 (N, s, s, 3), chunks of ~64 patches, uncompressed
+    /reference              uint8 (M, s, s, 3), each model's reference patches once, contiguous per model
+    /patch_index/stimulus   int64 (N,) row in /stimuli
+    /patch_index/view       int16 (N,) view index within the model (0-based)
+    /patch_index/number     int32 (N,) patch number within its view (0-based)
+    /patch_index/y, x       int32 (N,) top-left corner in the render; -1 when unknown (imported)
+    /patch_index/ref        int64 (N,) row in /reference of the matching reference patch
+    /stimuli/model, stimulus, split   UTF-8 str (S,)   (split "" when unknown)
+    /stimuli/mos            float64 (S,), NaN when unknown
+    /stimuli/first, count   int64 (S,) the stimulus's rows in /distorted: [first, first + count)
+    /stimuli/model_index    int32 (S,) row in /models
+    /stimuli/flag           str (S,): "" or "no-foreground" (its model had no usable tile; count 0)
+    /models/name            str (K,)
+    /models/ref_first, ref_count   int64 (K,) the model's rows in /reference
+    /models/n_views         int32 (K,)
+    /models/views           str (K,) JSON list of the model's view names (extra, informative)
+
+A stimulus's patches are contiguous, view-major then patch number; the stimuli of one model are
+consecutive. Patch ``i`` of a stimulus pairs with reference row ``ref_first + i`` of its model.
+
+Writing goes to ``<out>.partial`` beside the target and is renamed into place with os.replace on
+success, so a killed run never leaves a corrupt store (a stale partial file is overwritten by the
+next run). Readers open the HDF5 file lazily on first read and never pickle the handle, so each
+DataLoader worker reopens it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+
+SCHEMA_VERSION = 1
+STORE_KIND = "patch-store"
+FLAG_NO_FOREGROUND = "no-foreground"
+
+STIMULI_COLUMNS = ("model", "stimulus", "split", "mos", "first", "count", "model_index", "flag")
+MODELS_COLUMNS = ("name", "ref_first", "ref_count", "n_views")
+INDEX_COLUMNS = ("stimulus", "view", "number", "y", "x", "ref")
+REQUIRED = ("distorted", "reference",
+            *(f"patch_index/{c}" for c in INDEX_COLUMNS),
+            *(f"stimuli/{c}" for c in STIMULI_COLUMNS),
+            *(f"models/{c}" for c in MODELS_COLUMNS))
+
+_STR = h5py.string_dtype("utf-8")
+_INDEX_DTYPES = {"stimulus": np.int64, "view": np.int16, "number": np.int32, "y": np.int32, "x": np.int32,
+                 "ref": np.int64}
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a store is written before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _chunk_rows(patch_size: int) -> int:
+    """About 64 patches per chunk, fewer for very large patches (chunks stay <= 4 MiB)."""
+    return int(max(1, min(64, (4 << 20) // (patch_size * patch_size * 3))))
+
+
+def _attr_str(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _attr_str(value.item())
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------------
+
+class StoreWriter:
+    """Builds a store incrementally in ``<path>.partial``; ``commit()`` renames it into place.
+
+    Use as a context manager: leaving the block with an exception removes the partial file.
+    Patches are appended in small blocks, so memory stays flat whatever the database size.
+
+    >>> with StoreWriter(out, patch_size=64, stride=64, min_foreground=0.6, background="auto",
+    ...                  fingerprint=fp, source="renders") as w:
+    ...     m = w.add_model("bunny", ref_patches, views=["front"])
+    ...     w.add_stimulus(m, "bunny_noise1", patches, view=v, number=n, y=y, x=x, mos=0.3)
+    ...     w.commit()
+    """
+
+    def __init__(self, path: str | Path, *, patch_size: int, stride: int, min_foreground: float,
+                 background: str, fingerprint: str, source: str, flush_patches: int = 1024):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.patch_size = int(patch_size)
+        self._attrs = {"iqa_store": STORE_KIND, "schema_version": SCHEMA_VERSION, "patch_size": int(patch_size),
+                       "stride": int(stride), "min_foreground": float(min_foreground), "background": str(background),
+                       "fingerprint": str(fingerprint), "source": str(source)}
+        self._flush_at = max(1, int(flush_patches))
+        self._file: h5py.File | None = None
+        self._committed = False
+        self._buffers: dict[str, list[np.ndarray]] = {"distorted": [], "reference": []}
+        self._buffered = {"distorted": 0, "reference": 0}
+        self._rows = {"distorted": 0, "reference": 0}  # rows written + buffered
+        self._index: dict[str, list[np.ndarray]] = {c: [] for c in INDEX_COLUMNS}
+        self._stimuli: dict[str, list] = {c: [] for c in STIMULI_COLUMNS}
+        self._models: dict[str, list] = {c: [] for c in (*MODELS_COLUMNS, "views")}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> "StoreWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._committed:
+            self.abort()
+
+    def open(self) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial.exists():  # left by a killed run: its content is not trusted, start over
+            self.partial.unlink()
+        self._file = h5py.File(self.partial, "w")
+        s = self.patch_size
+        for name in ("distorted", "reference"):
+            self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                                      chunks=(_chunk_rows(s), s, s, 3))
+
+    def abort(self) -> None:
+        """Close and delete the partial file (nothing is left behind)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                pass
+            self._file = None
+        if not self._committed:
+            try:
+                self.partial.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- content --------------------------------------------------------------------------------
+    @property
+    def n_patches(self) -> int:
+        return self._rows["distorted"]
+
+    @property
+    def n_reference(self) -> int:
+        return self._rows["reference"]
+
+    def _check_patches(self, patches: np.ndarray, what: str) -> np.ndarray:
+        patches = np.asarray(patches)
+        s = self.patch_size
+        if patches.ndim != 4 or patches.shape[1:] != (s, s, 3) or patches.dtype != np.uint8:
+            raise ValueError(f"{what}: expected uint8 (n, {s}, {s}, 3) patches, got {patches.dtype} {patches.shape}")
+        return patches
+
+    def _append(self, name: str, patches: np.ndarray) -> int:
+        first = self._rows[name]
+        if len(patches):
+            self._buffers[name].append(np.ascontiguousarray(patches))
+            self._buffered[name] += len(patches)
+            self._rows[name] += len(patches)
+            if self._buffered[name] >= self._flush_at:
+                self._flush(name)
+        return first
+
+    def _flush(self, name: str) -> None:
+        if not self._buffered[name]:
+            return
+        ds = self._file[name]
+        block = np.concatenate(self._buffers[name]) if len(self._buffers[name]) > 1 else self._buffers[name][0]
+        start = ds.shape[0]
+        ds.resize(start + len(block), axis=0)
+        ds[start:start + len(block)] = block
+        self._buffers[name].clear()
+        self._buffered[name] = 0
+
+    def add_model(self, name: str, reference: np.ndarray, views: Sequence[str] = ("",)) -> int:
+        """Append one model's reference patches (all views, view-major); returns its model index."""
+        reference = self._check_patches(reference, f"model {name}")
+        first = self._append("reference", reference)
+        m = self._models
+        m["name"].append(str(name))
+        m["ref_first"].append(first)
+        m["ref_count"].append(len(reference))
+        m["n_views"].append(len(views))
+        m["views"].append(json.dumps([str(v) for v in views]))
+        return len(m["name"]) - 1
+
+    def add_stimulus(self, model_index: int, stimulus: str, patches: np.ndarray, *, view, number, y, x,
+                     ref, mos: float = float("nan"), split: str = "", flag: str = "") -> int:
+        """Append one stimulus's patches (view-major, then patch number); returns its stimulus row.
+
+        ``ref`` is relative to the model's first reference row (the writer adds ``ref_first``).
+        """
+        patches = self._check_patches(patches, f"stimulus {stimulus}")
+        n = len(patches)
+        if not 0 <= model_index < len(self._models["name"]):
+            raise ValueError(f"stimulus {stimulus}: unknown model index {model_index}")
+        columns = {"view": view, "number": number, "y": y, "x": x, "ref": ref}
+        arrays = {}
+        for key, value in columns.items():
+            arr = np.asarray(value, dtype=_INDEX_DTYPES[key]).reshape(-1)
+            if len(arr) != n:
+                raise ValueError(f"stimulus {stimulus}: {key} has {len(arr)} entries for {n} patches")
+            arrays[key] = arr
+        ref_first = self._models["ref_first"][model_index]
+        ref_count = self._models["ref_count"][model_index]
+        if n and (arrays["ref"].min() < 0 or arrays["ref"].max() >= ref_count):
+            raise ValueError(f"stimulus {stimulus}: reference index outside its model's {ref_count} patches")
+        row = len(self._stimuli["model"])
+        first = self._append("distorted", patches)
+        arrays["ref"] = arrays["ref"] + ref_first
+        arrays["stimulus"] = np.full(n, row, dtype=np.int64)
+        for key in INDEX_COLUMNS:
+            self._index[key].append(arrays[key])
+        st = self._stimuli
+        st["model"].append(self._models["name"][model_index])
+        st["stimulus"].append(str(stimulus))
+        st["split"].append("" if split is None else str(split))
+        st["mos"].append(float("nan") if mos is None else float(mos))
+        st["first"].append(first)
+        st["count"].append(n)
+        st["model_index"].append(int(model_index))
+        st["flag"].append(str(flag))
+        return row
+
+    def commit(self) -> Path:
+        """Write the tables and attributes, close, and rename the partial file into place."""
+        if self._file is None:
+            raise RuntimeError("StoreWriter.commit() without open()")
+        self._flush("distorted")
+        self._flush("reference")
+        f = self._file
+        grp = f.create_group("patch_index")
+        for key in INDEX_COLUMNS:
+            parts = self._index[key]
+            arr = np.concatenate(parts) if parts else np.zeros(0, dtype=_INDEX_DTYPES[key])
+            grp.create_dataset(key, data=arr.astype(_INDEX_DTYPES[key], copy=False))
+        st = self._stimuli
+        grp = f.create_group("stimuli")
+        for key in ("model", "stimulus", "split", "flag"):
+            grp.create_dataset(key, data=np.array(st[key], dtype=object), dtype=_STR)
+        grp.create_dataset("mos", data=np.array(st["mos"], dtype=np.float64))
+        grp.create_dataset("first", data=np.array(st["first"], dtype=np.int64))
+        grp.create_dataset("count", data=np.array(st["count"], dtype=np.int64))
+        grp.create_dataset("model_index", data=np.array(st["model_index"], dtype=np.int32))
+        m = self._models
+        grp = f.create_group("models")
+        grp.create_dataset("name", data=np.array(m["name"], dtype=object), dtype=_STR)
+        grp.create_dataset("views", data=np.array(m["views"], dtype=object), dtype=_STR)
+        grp.create_dataset("ref_first", data=np.array(m["ref_first"], dtype=np.int64))
+        grp.create_dataset("ref_count", data=np.array(m["ref_count"], dtype=np.int64))
+        grp.create_dataset("n_views", data=np.array(m["n_views"], dtype=np.int32))
+        for key, value in self._attrs.items():
+            f.attrs[key] = value
+        f.flush()
+        f.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        self._committed = True
+        return self.path
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+# ---------------------------------------------------------------------------------------------
+
+class PatchStore:
+    """Read access to a patch store. ``PatchStore.open(path)`` validates; reads open lazily.
+
+    Picklable: the h5py handle is dropped and reopened on first use in the new process (also
+    after a fork), so each DataLoader worker has its own handle.
+    """
+
+    def __init__(self, path: str | Path, attrs: dict, n_patches: int, n_reference: int):
+        self.path = Path(path)
+        self.patch_size = int(attrs["patch_size"])
+        self.stride = int(attrs["stride"])
+        self.min_foreground = float(attrs["min_foreground"])
+        self.background = _attr_str(attrs.get("background", ""))
+        self.fingerprint = _attr_str(attrs.get("fingerprint", ""))
+        self.source = _attr_str(attrs.get("source", ""))
+        self.schema_version = int(attrs["schema_version"])
+        self.n_patches = int(n_patches)
+        self.n_reference = int(n_reference)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self._stimuli = None
+        self._models = None
+        self._views: list[list[str]] | None = None
+
+    # -- opening and validation -----------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> "PatchStore":
+        path = Path(path)
+        rebuild = "rebuild it with iqa patchify --force"
+        if not path.exists():
+            raise StoreError(f"{path}: no such patch store (build it with iqa patchify)")
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder, expected a patch store .h5 file (build one with iqa patchify)")
+        try:
+            is_hdf5 = h5py.is_hdf5(str(path))
+        except OSError:
+            is_hdf5 = False
+        if not is_hdf5:
+            raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not a patch store); {rebuild}")
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+                if _attr_str(attrs.get("iqa_store", "")) != STORE_KIND:
+                    raise StoreError(f"{path}: HDF5 file is not an iqa patch store (no iqa_store='{STORE_KIND}' "
+                                     "attribute); build one with iqa patchify")
+                try:
+                    version = int(attrs.get("schema_version"))
+                except (TypeError, ValueError):
+                    version = None
+                if version != SCHEMA_VERSION:
+                    raise StoreError(f"{path}: patch store of schema version {version}, this iqa reads version "
+                                     f"{SCHEMA_VERSION}; {rebuild}")
+                missing = [name for name in REQUIRED if name not in f]
+                missing += [a for a in ("patch_size", "stride", "min_foreground") if a not in attrs]
+                if missing:
+                    raise StoreError(f"{path}: incomplete patch store (missing {', '.join(missing[:5])}"
+                                     f"{' ...' if len(missing) > 5 else ''}); {rebuild}")
+                n = f["distorted"].shape[0]
+                m = f["reference"].shape[0]
+                s = int(attrs["patch_size"])
+                bad = [name for name in ("distorted", "reference")
+                       if f[name].ndim != 4 or f[name].shape[1:] != (s, s, 3) or f[name].dtype != np.uint8]
+                bad += [f"patch_index/{c}" for c in INDEX_COLUMNS if f[f"patch_index/{c}"].shape != (n,)]
+                k = f["stimuli/model"].shape
+                bad += [f"stimuli/{c}" for c in STIMULI_COLUMNS if f[f"stimuli/{c}"].shape != k]
+                km = f["models/name"].shape
+                bad += [f"models/{c}" for c in MODELS_COLUMNS if f[f"models/{c}"].shape != km]
+                if bad:
+                    raise StoreError(f"{path}: inconsistent patch store (bad shape of {', '.join(bad[:5])}); {rebuild}")
+        except StoreError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: unreadable patch store ({exc}); {rebuild}") from None
+        return cls(path, attrs, n, m)
+
+    # -- handle management ----------------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            # after a fork the parent's handle is not ours to use: drop it and open our own
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
+
+    def __enter__(self) -> "PatchStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (f"PatchStore({str(self.path)!r}, patches={self.n_patches}, reference={self.n_reference}, "
+                f"patch_size={self.patch_size}, source={self.source!r})")
+
+    # -- tables ---------------------------------------------------------------------------------
+    @property
+    def stimuli(self):
+        """pandas.DataFrame: model, stimulus, split, mos, first, count, model_index, flag."""
+        if self._stimuli is None:
+            import pandas as pd
+
+            g = self._h5()["stimuli"]
+            self._stimuli = pd.DataFrame({
+                "model": _read_str(g["model"]),
+                "stimulus": _read_str(g["stimulus"]),
+                "split": _read_str(g["split"]),
+                "mos": g["mos"][()].astype(np.float64),
+                "first": g["first"][()].astype(np.int64),
+                "count": g["count"][()].astype(np.int64),
+                "model_index": g["model_index"][()].astype(np.int32),
+                "flag": _read_str(g["flag"]),
+            })
+        return self._stimuli
+
+    @property
+    def models(self):
+        """pandas.DataFrame: name, ref_first, ref_count, n_views."""
+        if self._models is None:
+            import pandas as pd
+
+            g = self._h5()["models"]
+            self._models = pd.DataFrame({
+                "name": _read_str(g["name"]),
+                "ref_first": g["ref_first"][()].astype(np.int64),
+                "ref_count": g["ref_count"][()].astype(np.int64),
+                "n_views": g["n_views"][()].astype(np.int32),
+            })
+        return self._models
+
+    def view_names(self, model_index: int) -> list[str]:
+        """The view names of a model (e.g. ['front', 'side']; [''] for a single unnamed view)."""
+        if self._views is None:
+            g = self._h5()["models"]
+            if "views" in g:
+                self._views = [json.loads(v) for v in _read_str(g["views"])]
+            else:
+                self._views = [[str(v) for v in range(int(n))] for n in g["n_views"][()]]
+        return list(self._views[int(model_index)])
+
+    @property
+    def has_mos(self) -> bool:
+        return bool(np.isfinite(self.stimuli["mos"].to_numpy()).any())
+
+    # -- patches --------------------------------------------------------------------------------
+    def _range(self, start: int, stop: int, n: int) -> tuple[int, int]:
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"rows [{start}, {stop}) outside [0, {n}) in {self.path}")
+        return start, stop
+
+    def read_distorted(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self._range(start, stop, self.n_patches)
+        return self._h5()["distorted"][start:stop]
+
+    def read_reference(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self._range(start, stop, self.n_reference)
+        return self._h5()["reference"][start:stop]
+
+    def read_distorted_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Patches at arbitrary rows (any order, repeats allowed), returned in the order given.
+
+        Nearby rows are read as one contiguous slice (gaps of up to one chunk are read through),
+        which is much faster than HDF5 point selection for the sampled patches of training.
+        """
+        return self._read_rows("distorted", rows, self.n_patches)
+
+    def read_reference_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._read_rows("reference", rows, self.n_reference)
+
+    def _read_rows(self, name: str, rows: np.ndarray, n: int) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        s = self.patch_size
+        if len(rows) == 0:
+            return np.zeros((0, s, s, 3), dtype=np.uint8)
+        if rows.min() < 0 or rows.max() >= n:
+            raise IndexError(f"rows outside [0, {n}) in {self.path}")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        ds = self._h5()[name]
+        gap = ds.chunks[0] if ds.chunks else 64
+        breaks = np.flatnonzero(np.diff(uniq) > gap) + 1
+        out = np.empty((len(uniq), s, s, 3), dtype=np.uint8)
+        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)]):
+            a, b = int(uniq[lo]), int(uniq[hi - 1]) + 1
+            block = ds[a:b]
+            out[lo:hi] = block[uniq[lo:hi] - a]
+        if len(uniq) == len(rows) and np.array_equal(uniq, rows):
+            return out
+        return out[inverse.reshape(-1)]
+
+    def patch_refs(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self._range(start, stop, self.n_patches)
+        return self._h5()["patch_index/ref"][start:stop].astype(np.int64, copy=False)
+
+    def patch_index(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        start, stop = self._range(start, stop, self.n_patches)
+        g = self._h5()["patch_index"]
+        return {c: g[c][start:stop] for c in INDEX_COLUMNS}
+
+
+def _read_str(ds) -> np.ndarray:
+    return np.asarray(ds.asstr()[()], dtype=object).reshape(-1)
+
+
+def store_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of a valid store at ``path``; None when there is none (missing, foreign,
+    corrupt, other schema)."""
+    try:
+        return PatchStore.open(path).fingerprint
+    except StoreError:
+        return None
+
+
+def is_foreign_file(path: str | Path) -> bool:
+    """True when ``path`` exists and is not a patch store written by iqa (any schema version), so
+    overwriting it could destroy someone's data."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if path.is_dir():
+        return True
+    try:
+        if not h5py.is_hdf5(str(path)):
+            return True
+        with h5py.File(path, "r") as f:
+            return _attr_str(f.attrs.get("iqa_store", "")) != STORE_KIND
+    except (OSError, ValueError):
+        return True
