@@ -86,3 +86,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InvalidInputError(f"{path}: no such file (check the path)") from None
     except (UnidentifiedImageError, OSError):
         raise InvalidInputError(f"{path}: not an image PIL can read") from None
+
+
+def save_heatmap(path: str | Path, distance_map: np.ndarray, vmax: float | None = None) -> Path:
+    """Write an (H, W) distance map as a colour PNG at the image's resolution (inferno colormap;
+    0 is black, ``vmax`` -- default the map's maximum -- is white-yellow)."""
+    from matplotlib import colormaps
+
+    from .files import atomic_path
+
+    d = np.asarray(distance_map, dtype=np.float64)
+    top = float(vmax) if vmax else float(d.max())
+    scaled = np.clip(d / top, 0, 1) if top > 0 else np.zeros_like(d)
+    rgb = (colormaps["inferno"](scaled)[..., :3] * 255).round().astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return Path(path)

@@ -26,6 +26,16 @@ def unit_normalize(feature: torch.Tensor) -> torch.Tensor:
     return feature / (norm + EPS)
 
 
+def averaged_sum(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(N,) distance: each layer's map averaged over its own grid, summed over layers."""
+    return sum(m.mean(dim=(2, 3)) for m in maps).flatten()
+
+
+def upsampled_sum(maps: list[torch.Tensor], out_hw: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) spatial distance: layer maps upsampled to the input size, then summed."""
+    return sum(F.interpolate(m, size=tuple(out_hw), mode="bilinear", align_corners=False) for m in maps)
+
+
 class PerceptualDistance(nn.Module):
     """LPIPS-family distance on images in [0, 1].
 
@@ -93,9 +103,8 @@ class PerceptualDistance(nn.Module):
         if self.spatial:
             if out_hw is None:
                 raise ValueError("spatial distances need the input size")
-            total = sum(F.interpolate(m, size=out_hw, mode="bilinear", align_corners=False) for m in maps)
-            return total
-        return sum(m.mean(dim=(2, 3)) for m in maps).flatten()
+            return upsampled_sum(maps, out_hw)
+        return averaged_sum(maps)
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
         if img0.ndim == 3:

@@ -1,0 +1,116 @@
+"""`iqa score-pair`: LPIPS / Graphics-LPIPS distance between two images or two folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, VersionOpt, emit_json,
+                     err_console, progress_bar, resolve_backbone_weights)
+
+
+def score_pair(
+    ref: Path = typer.Argument(..., help="Reference image, or a folder of them."),
+    dist: Optional[Path] = typer.Argument(None, help="Distorted image, or a folder matched to REF by relative path."),
+    metric: str = typer.Option("lpips", "--metric", help="lpips | graphics-lpips | baseline"),
+    net: Optional[str] = NetOpt,
+    version: Optional[str] = VersionOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    backbone_weights: Optional[Path] = BackboneWeightsOpt,
+    all_pairs: bool = typer.Option(False, "--all-pairs", help="Score every pair of images inside the one folder REF."),
+    skip_unmatched: bool = typer.Option(False, "--skip-unmatched",
+                                        help="Score matched pairs even when some files have no partner."),
+    resize: bool = typer.Option(False, "--resize", help="Rescale DIST to REF's size when they differ."),
+    spatial_map: Optional[Path] = typer.Option(None, "--spatial-map", help="Write the per-pixel distance heat "
+                                               "map of two images to this PNG."),
+    spatial_dir: Optional[Path] = typer.Option(None, "--spatial-dir", help="For folders: write one heat map per "
+                                               "pair under this folder (same relative paths, .png)."),
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Pairs per forward pass."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write ref,dist,score rows to this CSV."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Perceptual distance between REF and DIST (0 = identical; larger = more different).
+
+    \b
+    Examples:
+      iqa score-pair ref.png dist.png
+      iqa score-pair ref.png dist.png --net vgg --spatial-map heat.png
+      iqa score-pair refs/ dists/ --out scores.csv          # pairs matched by relative path
+      iqa score-pair frames/ --all-pairs --json
+      iqa score-pair ref.png dist.png --metric graphics-lpips --checkpoint graphics_lpips.pth
+    """
+    from ..errors import InvalidInputError
+    from ..pairs import plan_pairs
+
+    plan = plan_pairs(ref, dist, all_pairs=all_pairs, skip_unmatched=skip_unmatched)
+    if spatial_map is not None and plan.folder_mode:
+        raise InvalidInputError("--spatial-map is for two images: use --spatial-dir DIR with folders")
+    if spatial_dir is not None and not plan.folder_mode:
+        raise InvalidInputError("--spatial-dir is for folders: use --spatial-map OUT.png with two images")
+    for target in (out, spatial_map):
+        if target is not None and target.exists() and target.is_dir():
+            raise InvalidInputError(f"{target}: is a folder, expected a file path to write")
+
+    from ..io.files import write_csv
+    from ..io.images import save_heatmap
+    from ..pairs import check_sizes, score_pairs
+    from ..registry import create_metric
+
+    check_sizes(plan, resize)  # fail on size mismatches before loading any model
+    model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
+                          backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
+    want_maps = spatial_map is not None or spatial_dir is not None
+    with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
+        results = score_pairs(plan, model, batch_size=batch_size, device=device, resize=resize, spatial=want_maps,
+                              advance=advance)
+
+    if spatial_map is not None:
+        save_heatmap(spatial_map, results[0].spatial_map)
+    if spatial_dir is not None:
+        root = ref if ref.is_dir() else ref.parent
+        for r in results:
+            name = r.ref.relative_to(root).with_suffix("") if not all_pairs else Path(
+                f"{r.ref.stem}__{r.dist.stem}")
+            save_heatmap(spatial_dir / name.with_suffix(".png"), r.spatial_map)
+    if out is not None:
+        write_csv(out, ["ref", "dist", "score"], [(str(r.ref), str(r.dist), f"{r.score:.8f}") for r in results])
+
+    meta = {"metric": model.metric_name, "net": model.spec.name, "version": model.version}
+    if not plan.folder_mode:
+        r = results[0]
+        if as_json:
+            emit_json({"ref": str(r.ref), "dist": str(r.dist), "score": r.score, **meta,
+                       **({"spatial_map": str(spatial_map)} if spatial_map else {})})
+        else:
+            typer.echo(f"{r.score:.6f}")
+            err_console.print(f"{meta['metric']} ({meta['net']}, v{meta['version']}): {r.ref} vs {r.dist}")
+        return
+
+    mean = sum(r.score for r in results) / len(results)
+    if as_json:
+        emit_json({"pairs": [{"ref": str(r.ref), "dist": str(r.dist), "score": r.score} for r in results],
+                   "mean": mean, "n": len(results), **meta,
+                   "unmatched": {"ref": plan.unmatched_ref, "dist": plan.unmatched_dist}})
+        return
+    _print_table(results, mean, meta)
+    if plan.unmatched_ref or plan.unmatched_dist:
+        err_console.print(f"[yellow]skipped {len(plan.unmatched_ref)} file(s) only in REF and "
+                          f"{len(plan.unmatched_dist)} only in DIST[/]")
+
+
+def _print_table(results, mean: float, meta: dict, limit: int = 40) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{meta['metric']} ({meta['net']}, v{meta['version']})", show_footer=True)
+    table.add_column("ref", footer="mean")
+    table.add_column("dist", footer=f"{len(results)} pairs")
+    table.add_column("score", justify="right", footer=f"{mean:.6f}")
+    for r in results[:limit]:
+        table.add_row(str(r.ref), str(r.dist), f"{r.score:.6f}")
+    if len(results) > limit:
+        table.add_row("...", f"{len(results) - limit} more (use --out or --json)", "")
+    Console().print(table)

@@ -1,0 +1,165 @@
+"""Scoring image pairs: two files, two folders matched by relative path, or all pairs of one folder.
+
+The plan (which files pair up) is built and validated before any model runs, so a typo in a
+folder name costs milliseconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .io.images import image_size, is_image_path, load_image
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    pairs: list[tuple[Path, Path]]
+    unmatched_ref: list[str] = field(default_factory=list)  # relative paths only in REF
+    unmatched_dist: list[str] = field(default_factory=list)  # relative paths only in DIST
+    folder_mode: bool = False
+
+
+def _images_under(folder: Path) -> dict[str, Path]:
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file() and is_image_path(p)}
+
+
+def _short_list(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def plan_pairs(ref: Path, dist: Path | None = None, all_pairs: bool = False, skip_unmatched: bool = False) -> PairPlan:
+    """Decide which files are compared; every problem is an InvalidInputError naming the path."""
+    ref = Path(ref)
+    if not ref.exists():
+        raise InvalidInputError(f"{ref}: no such file or folder (check the path)")
+    if all_pairs:
+        if dist is not None:
+            raise InvalidInputError("--all-pairs takes one folder: drop the second path")
+        if not ref.is_dir():
+            raise InvalidInputError(f"{ref}: --all-pairs needs a folder of images")
+        files = list(_images_under(ref).values())
+        if len(files) < 2:
+            raise InvalidInputError(f"{ref}: --all-pairs needs at least 2 images, found {len(files)}")
+        return PairPlan(list(itertools.combinations(files, 2)), folder_mode=True)
+    if dist is None:
+        raise InvalidInputError("missing DIST: give two images, two folders, or one folder with --all-pairs")
+    dist = Path(dist)
+    if not dist.exists():
+        raise InvalidInputError(f"{dist}: no such file or folder (check the path)")
+    if ref.is_dir() != dist.is_dir():
+        raise InvalidInputError(f"{ref} and {dist}: give two files or two folders, not one of each")
+    if not ref.is_dir():
+        return PairPlan([(ref, dist)])
+    ref_files, dist_files = _images_under(ref), _images_under(dist)
+    for folder, files in ((ref, ref_files), (dist, dist_files)):
+        if not files:
+            raise InvalidInputError(f"{folder}: folder holds no images (expected .png/.jpg/.bmp/... files)")
+    common = sorted(set(ref_files) & set(dist_files))
+    only_ref = sorted(set(ref_files) - set(dist_files))
+    only_dist = sorted(set(dist_files) - set(ref_files))
+    if not common:
+        raise InvalidInputError(f"{ref} and {dist}: no file names in common (pairs are matched by relative path)")
+    if (only_ref or only_dist) and not skip_unmatched:
+        parts = []
+        if only_ref:
+            parts.append(f"only in {ref}: {_short_list(only_ref)}")
+        if only_dist:
+            parts.append(f"only in {dist}: {_short_list(only_dist)}")
+        raise InvalidInputError("unmatched files (pairs are matched by relative path): " + "; ".join(parts)
+                                + "; add --skip-unmatched to score the matched pairs only")
+    return PairPlan([(ref_files[k], dist_files[k]) for k in common], only_ref, only_dist, folder_mode=True)
+
+
+def check_sizes(plan: PairPlan, resize: bool) -> list[tuple[int, int]]:
+    """(H, W) each pair is scored at (the reference's); mismatches are errors unless resize."""
+    sizes = []
+    for ref, dist in plan.pairs:
+        rs, ds = image_size(ref), image_size(dist)
+        if rs != ds and not resize:
+            raise InvalidInputError(f"{ref.name} is {rs[1]}x{rs[0]} but {dist} is {ds[1]}x{ds[0]}: images must "
+                                    f"have the same size (use --resize to rescale dist)")
+        sizes.append(rs)
+    return sizes
+
+
+@dataclass(frozen=True)
+class PairScore:
+    ref: Path
+    dist: Path
+    score: float
+    spatial_map: np.ndarray | None = None  # (H, W) float32 when requested
+
+
+def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "auto", resize: bool = False,
+                spatial: bool = False, advance: Callable[[int], None] | None = None) -> list[PairScore]:
+    """Distances for every planned pair, batched by image size, in the plan's order."""
+    import torch
+
+    from .engine import make_loader, resolve_device, to_device_float
+    from .models.lpips import averaged_sum, upsampled_sum
+
+    dev = resolve_device(device)
+    sizes = check_sizes(plan, resize)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, hw in enumerate(sizes):
+        by_size.setdefault(hw, []).append(i)
+    batches = [idx[k:k + batch_size] for idx in by_size.values() for k in range(0, len(idx), batch_size)]
+    loader = make_loader(_PairImages(plan.pairs, sizes), None, dev, batch_sampler=batches,
+                         num_workers=None if len(plan.pairs) > batch_size else 0, collate_fn=_collate)
+    results: list[PairScore | None] = [None] * len(plan.pairs)
+    metric = metric.to(dev).eval()
+    with torch.inference_mode():
+        for idx, img0, img1, error in loader:
+            if error:
+                raise InvalidInputError(error)
+            x0, x1 = to_device_float(img0, dev), to_device_float(img1, dev)
+            feats = metric.features(torch.cat([x0, x1]))
+            n = len(idx)
+            maps = metric.layer_maps([f[:n] for f in feats], [f[n:] for f in feats])
+            scores = averaged_sum(maps).double().cpu().numpy()
+            heat = upsampled_sum(maps, x0.shape[2:]).squeeze(1).float().cpu().numpy() if spatial else None
+            for j, i in enumerate(idx):
+                ref, dist = plan.pairs[i]
+                results[i] = PairScore(ref, dist, float(scores[j]), heat[j] if heat is not None else None)
+            if advance:
+                advance(n)
+    return results  # type: ignore[return-value]
+
+
+class _PairImages:
+    """Loads one pair as float tensors; a bad file comes back as a message, so errors raised in
+    loader workers still reach the user as one line."""
+
+    def __init__(self, pairs, sizes):
+        self.pairs, self.sizes = pairs, sizes
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        import torch
+
+        ref, dist = self.pairs[i]
+        try:
+            a = load_image(ref)
+            b = load_image(dist, size=self.sizes[i])
+        except InvalidInputError as exc:
+            return i, str(exc), None
+        return i, torch.from_numpy(a), torch.from_numpy(b)
+
+
+def _collate(items):
+    """Runs in the loader worker: never raises; the main process turns an error into one line."""
+    import torch
+
+    errors = [a for _, a, b in items if b is None]
+    if errors:
+        return [], None, None, errors[0]
+    return ([i for i, _, _ in items], torch.stack([a for _, a, _ in items]),
+            torch.stack([b for _, _, b in items]), None)

@@ -1,0 +1,99 @@
+"""iqa's distances against the reference `lpips` package, same backbone weights in both."""
+
+from __future__ import annotations
+
+import lpips
+import numpy as np
+import pytest
+import torch
+
+from iqa_cli import create_metric
+from iqa_cli.io.images import load_image
+
+NETS = ["alex", "vgg", "squeeze"]
+
+
+def reference_model(metric, net, version, spatial, lpips_heads=True):
+    ref = lpips.LPIPS(net=net, version=version, spatial=spatial, lpips=lpips_heads, pretrained=lpips_heads,
+                      pnet_rand=True, verbose=False)
+    ref.net.load_state_dict(metric.net.state_dict())
+    return ref.eval()
+
+
+def images_of_odd_size(seed: int, n: int = 2, h: int = 67, w: int = 45):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, h, w, generator=g), torch.rand(n, 3, h, w, generator=g)
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("version", ["0.1", "0.0"])
+@pytest.mark.parametrize("spatial", [False, True])
+def test_lpips_matches_reference_on_odd_sizes(net, version, spatial):
+    metric = create_metric("lpips", net=net, version=version, spatial=spatial)
+    ref = reference_model(metric, net, version, spatial)
+    x0, x1 = images_of_odd_size(seed=hash((net, version)) % 1000)
+    with torch.no_grad():
+        ours = metric(x0, x1)
+        theirs = ref(x0, x1, normalize=True)
+    assert ours.shape == ((2, 1, 67, 45) if spatial else (2,))
+    np.testing.assert_allclose(ours.reshape(theirs.shape).numpy(), theirs.numpy(), atol=1e-5, rtol=0)
+    assert float(ours.abs().max()) > 0  # a test of zeros would prove nothing
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("spatial", [False, True])
+def test_baseline_matches_reference_without_heads(net, spatial):
+    metric = create_metric("baseline", net=net, spatial=spatial)
+    ref = reference_model(metric, net, "0.1", spatial, lpips_heads=False)
+    x0, x1 = images_of_odd_size(seed=7, h=53, w=71)
+    with torch.no_grad():
+        np.testing.assert_allclose(metric(x0, x1).reshape(-1).numpy(),
+                                   ref(x0, x1, normalize=True).reshape(-1).numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("version", ["0.1", "0.0"])
+def test_lpips_matches_reference_on_example_patches(net, version, examples):
+    metric = create_metric("lpips", net=net, version=version)
+    ref = reference_model(metric, net, version, spatial=False)
+    x_ref = torch.from_numpy(load_image(examples["ex_ref"]))[None]
+    for name in ("ex_p0", "ex_p1"):
+        x = torch.from_numpy(load_image(examples[name]))[None]
+        with torch.no_grad():
+            ours, theirs = metric(x_ref, x), ref(x_ref, x, normalize=True)
+        assert abs(float(ours) - float(theirs)) <= 1e-5
+
+
+def test_identical_images_have_zero_distance():
+    metric = create_metric("lpips", net="alex")
+    x, _ = images_of_odd_size(seed=3)
+    with torch.no_grad():
+        assert torch.allclose(metric(x, x), torch.zeros(2), atol=1e-7)
+
+
+def test_batched_equals_one_by_one():
+    metric = create_metric("lpips", net="squeeze")
+    x0, x1 = images_of_odd_size(seed=4, n=5)
+    with torch.no_grad():
+        batched = metric(x0, x1)
+        single = torch.cat([metric(x0[i:i + 1], x1[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(batched, single, atol=1e-6, rtol=1e-5)
+
+
+def test_reused_reference_features_equal_a_full_forward():
+    metric = create_metric("lpips", net="alex")
+    x0, x1 = images_of_odd_size(seed=5, n=3)
+    with torch.no_grad():
+        full = metric(x0, x1)
+        reused = metric.distance_from_features(metric.features(x0), metric.features(x1))
+    torch.testing.assert_close(full, reused, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_equals_cuda():
+    x0, x1 = images_of_odd_size(seed=6, n=4)
+    cpu = create_metric("lpips", net="alex", device="cpu")
+    gpu = create_metric("lpips", net="alex", device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(cpu(x0, x1), gpu(x0.cuda(), x1.cuda()).cpu(), atol=1e-4, rtol=1e-4)
