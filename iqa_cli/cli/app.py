@@ -58,7 +58,9 @@ def _root(show_version: bool = typer.Option(False, "--iqa-version", "-V", callba
 
 
 # -- command registration (one line per command module) ----------------------------------------
-# commands registered below
+from . import score_pair  # noqa: E402
+
+app.command("score-pair")(score_pair.score_pair)
 
 
 
