@@ -61,6 +61,8 @@ def _root(show_version: bool = typer.Option(False, "--iqa-version", "-V", callba
 from . import score_pair  # noqa: E402
 
 app.command("score-pair")(score_pair.score_pair)
+from . import patchify  # noqa: E402
+app.command("patchify")(patchify.patchify)
 
 
 
