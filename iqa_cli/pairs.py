@@ -104,8 +104,12 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
     from .engine import make_loader, resolve_device, to_device_float
     from .models.lpips import averaged_sum, upsampled_sum
 
+    from .models.lpips import check_input_size
+
     dev = resolve_device(device)
     sizes = check_sizes(plan, resize)
+    for (ref, _), hw in zip(plan.pairs, sizes):
+        check_input_size(metric.spec, hw, name=str(ref))
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, hw in enumerate(sizes):
         by_size.setdefault(hw, []).append(i)

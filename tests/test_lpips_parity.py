@@ -97,3 +97,15 @@ def test_cpu_equals_cuda():
     gpu = create_metric("lpips", net="alex", device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(cpu(x0, x1), gpu(x0.cuda(), x1.cuda()).cpu(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_minimum_input_size_is_exact(net):
+    from iqa_cli import InvalidInputError
+
+    metric = create_metric("baseline", net=net)
+    s = metric.spec.min_size
+    with torch.no_grad():
+        assert metric(torch.rand(1, 3, s, s), torch.rand(1, 3, s, s)).shape == (1,)
+        with pytest.raises(InvalidInputError, match="needs at least"):
+            metric(torch.rand(1, 3, s - 1, s + 5), torch.rand(1, 3, s - 1, s + 5))

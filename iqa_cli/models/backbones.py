@@ -21,23 +21,24 @@ class BackboneSpec:
     weights_enum: str  # attribute of torchvision.models holding the WeightsEnum
     slices: tuple[tuple[int, int], ...]  # [start, stop) ranges of `features`
     channels: tuple[int, ...]
+    min_size: int  # smallest H and W whose deepest tap is still at least 1x1
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "alex": BackboneSpec(
         "alex", "alexnet", "AlexNet_Weights",
         ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12)),
-        (64, 192, 384, 256, 256),
+        (64, 192, 384, 256, 256), 31,
     ),
     "vgg": BackboneSpec(
         "vgg", "vgg16", "VGG16_Weights",
         ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)),
-        (64, 128, 256, 512, 512),
+        (64, 128, 256, 512, 512), 16,
     ),
     "squeeze": BackboneSpec(
         "squeeze", "squeezenet1_1", "SqueezeNet1_1_Weights",
         ((0, 2), (2, 5), (5, 8), (8, 10), (10, 11), (11, 12), (12, 13)),
-        (64, 128, 256, 384, 384, 512, 512),
+        (64, 128, 256, 384, 384, 512, 512), 17,
     ),
 }
 NET_ALIASES = {"alexnet": "alex", "vgg16": "vgg", "squeezenet": "squeeze", "squeezenet1_1": "squeeze"}

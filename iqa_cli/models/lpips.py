@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from .backbones import Backbone, BackboneSpec
 from .heads import make_head
 
@@ -34,6 +35,12 @@ def averaged_sum(maps: list[torch.Tensor]) -> torch.Tensor:
 def upsampled_sum(maps: list[torch.Tensor], out_hw: tuple[int, int]) -> torch.Tensor:
     """(N, 1, H, W) spatial distance: layer maps upsampled to the input size, then summed."""
     return sum(F.interpolate(m, size=tuple(out_hw), mode="bilinear", align_corners=False) for m in maps)
+
+
+def check_input_size(spec: BackboneSpec, hw: tuple[int, int], name: str = "images") -> None:
+    if min(hw) < spec.min_size:
+        raise InvalidInputError(f"{name}: {hw[1]}x{hw[0]} pixels, but net '{spec.name}' needs at least "
+                                f"{spec.min_size}x{spec.min_size} pixels (use larger images or --net vgg)")
 
 
 class PerceptualDistance(nn.Module):
@@ -112,6 +119,7 @@ class PerceptualDistance(nn.Module):
         if img0.shape != img1.shape or img0.ndim != 4 or img0.shape[1] != 3:
             raise ValueError(f"expected two (N, 3, H, W) batches of one shape, got {tuple(img0.shape)} "
                              f"and {tuple(img1.shape)}")
+        check_input_size(self.spec, tuple(img0.shape[2:]))
         if img0.shape[0] == 0:
             return img0.new_zeros((0, 1, *img0.shape[2:]) if self.spatial else (0,))
         # One backbone pass over both images: fewer, larger kernels than two passes.
