@@ -54,8 +54,11 @@ def mode_root(root: str | Path, mode: str) -> Path:
         raise InvalidInputError(f"{root}: is a file, expected the BAPPS 'dataset' folder holding 2afc/ and jnd/")
     base = root / mode
     if not base.is_dir():
+        inner = [p for p in _visible_dirs(root) if (p / mode).is_dir()]
         if root.name in MODES or (root / "val").is_dir() or (root / "train").is_dir():
             hint = f"pass the folder above it ({root.parent}), which holds 2afc/ and jnd/"
+        elif inner:
+            hint = f"did you mean {inner[0]}?"
         else:
             found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             hint = (f"found {', '.join(found[:8]) or 'no folders'}; pass the BAPPS 'dataset' folder that holds "
