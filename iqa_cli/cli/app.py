@@ -63,6 +63,9 @@ from . import score_pair  # noqa: E402
 app.command("score-pair")(score_pair.score_pair)
 from . import patchify  # noqa: E402
 app.command("patchify")(patchify.patchify)
+from . import eval_bapps  # noqa: E402
+app.add_typer(eval_bapps.app, name="eval-bapps")
+app.command("eval-jnd", cls=eval_bapps.MultiValueCommand)(eval_bapps.eval_jnd)
 
 
 
