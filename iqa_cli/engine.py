@@ -93,3 +93,105 @@ def iterate_batches(loader: DataLoader, advance: Advance | None = None, count: C
         yield batch
         if advance is not None:
             advance(count(batch) if count else 1)
+
+
+# -- the patch-store scorer --------------------------------------------------------------------
+REF_FEATURE_BUDGET_BYTES = 768 * 2**20  # above this a model's reference features are not cached whole
+
+
+class _StoreChunks(Dataset):
+    """Contiguous runs of distorted patches (never crossing a model), read in one HDF5 slice each."""
+
+    def __init__(self, store, chunks: list[tuple[int, int, int]]):
+        self.store, self.chunks = store, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        _, start, stop = self.chunks[i]
+        return (i, torch.from_numpy(self.store.read_distorted(start, stop)),
+                torch.from_numpy(self.store.patch_refs(start, stop)))
+
+
+def plan_store_chunks(store, stimulus_rows, batch_size: int) -> list[tuple[int, int, int]]:
+    """(model_index, start, stop) runs of at most batch_size patches covering the given stimuli."""
+    table = store.stimuli.iloc[sorted(stimulus_rows)]
+    chunks: list[tuple[int, int, int]] = []
+    run: list[int] | None = None  # [model, start, stop]
+    for model, first, count in zip(table["model_index"], table["first"], table["count"]):
+        if count == 0:
+            continue
+        if run is not None and run[0] == model and run[2] == first:
+            run[2] += count
+            continue
+        if run is not None:
+            chunks.extend((run[0], s, min(s + batch_size, run[2])) for s in range(run[1], run[2], batch_size))
+        run = [int(model), int(first), int(first + count)]
+    if run is not None:
+        chunks.extend((run[0], s, min(s + batch_size, run[2])) for s in range(run[1], run[2], batch_size))
+    return chunks
+
+
+class _ReferenceFeatures:
+    """Features of one model's reference patches, computed once and reused by all its stimuli;
+    models too large for the memory budget get their reference patches recomputed per batch."""
+
+    def __init__(self, store, metric, device, batch_size: int):
+        self.store, self.metric, self.device, self.batch_size = store, metric, device, batch_size
+        self.model: int | None = None
+        self.cached: list[torch.Tensor] | None = None
+
+    def _features(self, patches: torch.Tensor) -> list[torch.Tensor]:
+        out: list[list[torch.Tensor]] = []
+        for s in range(0, len(patches), self.batch_size):
+            out.append(self.metric.features(to_device_float(patches[s:s + self.batch_size], self.device)))
+        return [torch.cat(parts) for parts in zip(*out)]
+
+    def _bytes_per_patch(self) -> int:
+        s = self.store.patch_size
+        probe = self.metric.features(torch.zeros(1, 3, s, s, device=self.device))
+        return sum(t.numel() * t.element_size() for t in probe)
+
+    def gather(self, model: int, ref_rows: torch.Tensor) -> list[torch.Tensor]:
+        table = self.store.models
+        first, count = int(table["ref_first"].iloc[model]), int(table["ref_count"].iloc[model])
+        if model != self.model:
+            self.model, self.cached = model, None
+            if count * self._bytes_per_patch() <= REF_FEATURE_BUDGET_BYTES:
+                self.cached = self._features(torch.from_numpy(self.store.read_reference(first, first + count)))
+        if self.cached is not None:
+            local = (ref_rows - first).to(self.device)
+            return [t.index_select(0, local) for t in self.cached]
+        unique, inverse = torch.unique(ref_rows, return_inverse=True)
+        feats = self._features(torch.from_numpy(self.store.read_reference_rows(unique.numpy())))
+        inverse = inverse.to(self.device)
+        return [t.index_select(0, inverse) for t in feats]
+
+
+def score_store_patches(store, metric, stimulus_rows=None, batch_size: int = 256, device="auto",
+                        precision: str = "fp32", num_workers: int | None = None,
+                        advance: Advance | None = None) -> "np.ndarray":
+    """Distance of every distorted patch of the given stimuli (all by default) to its reference patch.
+
+    Returns a float64 array over the store's distorted rows; rows not scored are NaN.
+    """
+    import numpy as np
+
+    dev = resolve_device(device)
+    rows = range(len(store.stimuli)) if stimulus_rows is None else stimulus_rows
+    chunks = plan_store_chunks(store, rows, batch_size)
+    distances = np.full(store.n_patches, np.nan)
+    metric = metric.to(dev).eval()
+    references = _ReferenceFeatures(store, metric, dev, batch_size)
+    loader = make_loader(_StoreChunks(store, chunks), None, dev, num_workers=num_workers)
+    with torch.inference_mode(), autocast(dev, precision):
+        for i, patches, refs in loader:
+            model, start, stop = chunks[i]
+            feats = metric.features(to_device_float(patches, dev))
+            ref_feats = references.gather(model, refs)
+            d = metric.distance_from_features(ref_feats, feats)
+            distances[start:stop] = d.double().cpu().numpy()
+            if advance is not None:
+                advance(stop - start)
+    return distances

@@ -36,11 +36,12 @@ def canonical_net(net: str) -> str:
     return name
 
 
-def create_metric(name: str = "lpips", net: str | None = None, version: str | None = None, spatial: bool = False,
+def create_metric(name: str | None = "lpips", net: str | None = None, version: str | None = None, spatial: bool = False,
                   checkpoint: str | Path | None = None, backbone_weights: str | Path = "imagenet",
                   device: str = "cpu") -> PerceptualDistance:
     """Build a ready-to-use distance module (eval mode, frozen, on ``device``).
 
+    name None means "what the checkpoint holds" (lpips or graphics-lpips), else lpips.
     net defaults to the checkpoint's network, else alex; version defaults to 0.1.
     backbone_weights: 'imagenet' (torchvision cache), 'random', or a file; ignored when the
     checkpoint carries its own backbone (original Graphics-LPIPS files do).
@@ -48,12 +49,14 @@ def create_metric(name: str = "lpips", net: str | None = None, version: str | No
     from .engine import resolve_device
     from .weights import bundled_head_state, load_backbone_weights, load_strict, read_checkpoint
 
-    if name not in METRICS:
+    if name is not None and name not in METRICS:
         raise UnknownMetricError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)}")
-    info = METRICS[name]
     if version is not None and version not in VERSIONS:
         raise UnknownMetricError(f"unknown LPIPS version {version!r}: choose one of {', '.join(VERSIONS)}")
     ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if name is None:
+        name = "graphics-lpips" if ckpt is not None and ckpt.head_type == "graphics" else "lpips"
+    info = METRICS[name]
     if info.name == "graphics-lpips" and ckpt is None:
         raise WeightsError("graphics-lpips has no bundled weights: pass --checkpoint PATH (an original "
                            "Graphics-LPIPS .pth or one written by 'iqa train')")

@@ -75,6 +75,9 @@ def fit_glm(scores, mos) -> Fit:
 def fit_vqeg4(scores, mos) -> Fit:
     """The VQEG 4-parameter logistic: (b1 - b2) / (1 + exp(-(s - b3)/|b4|)) + b2."""
     s, y = np.asarray(scores, float), np.asarray(mos, float)
+    if len(s) < 5:
+        raise InvalidInputError(f"the vqeg4 fit has 4 parameters and needs at least 5 stimuli, found {len(s)}: "
+                                f"use --fit glm")
     sign = 1.0 if srocc(s, y) >= 0 else -1.0
     p0 = [y.max() if sign > 0 else y.min(), y.min() if sign > 0 else y.max(), float(np.median(s)),
           float(s.std() or 1.0)]
