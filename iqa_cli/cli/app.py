@@ -57,17 +57,14 @@ def _root(show_version: bool = typer.Option(False, "--iqa-version", "-V", callba
     """Perceptual image quality toolkit."""
 
 
-# -- command registration (one line per command module) ----------------------------------------
-from . import score_pair  # noqa: E402
+# -- command registration: the modules import only typer at top level, so --help stays fast --------
+from . import eval_bapps, patchify, score_mesh_db, score_pair  # noqa: E402
 
 app.command("score-pair")(score_pair.score_pair)
-from . import patchify  # noqa: E402
 app.command("patchify")(patchify.patchify)
-from . import eval_bapps  # noqa: E402
+app.command("score-mesh-db")(score_mesh_db.score_mesh_db)
 app.add_typer(eval_bapps.app, name="eval-bapps")
 app.command("eval-jnd", cls=eval_bapps.MultiValueCommand)(eval_bapps.eval_jnd)
-
-
 
 
 def main() -> None:
