@@ -26,7 +26,7 @@ import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -113,21 +113,21 @@ def read_db_csv(path: str | Path, *, require_counts: bool = False) -> DbTable:
     for i, name in enumerate(header):
         lower.setdefault(name.lower(), []).append(i)
 
-    def column(name: str, required: bool) -> int | None:
+    def column(name: str) -> int | None:
         hits = lower.get(name.lower(), [])
         if len(hits) > 1:
             raise InvalidInputError(f"{path}: column {name!r} appears {len(hits)} times in the header; keep one")
         return hits[0] if hits else None
 
     wanted = ["model", "stimulus"] + (["nbPatchesVP1"] if require_counts else [])
-    missing = [c for c in wanted if column(c, True) is None]
+    missing = [c for c in wanted if column(c) is None]
     if missing:
         raise InvalidInputError(f"{path}: CSV lacks required column(s) {', '.join(missing)} (found: "
                                 f"{', '.join(header) or 'nothing'}); the header must name "
                                 f"{','.join(wanted)} and optionally MOS and split")
-    c_model, c_stim = column("model", True), column("stimulus", True)
-    c_mos, c_split = column("mos", False), column("split", False)
-    c_count = column("nbPatchesVP1", False) if require_counts else None
+    c_model, c_stim = column("model"), column("stimulus")
+    c_mos, c_split = column("mos"), column("split")
+    c_count = column("nbPatchesVP1") if require_counts else None
 
     rows: list[DbRow] = []
     bad_mos: list[str] = []
@@ -386,7 +386,6 @@ class PatchifyResult:
     warnings: tuple[str, ...]
     seconds: float
     has_mos: bool
-    counts: tuple[tuple[str, int], ...] = field(default=(), repr=False)  # (stimulus, n_patches)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -394,7 +393,6 @@ class PatchifyResult:
         d["min_foreground"] = None if math.isnan(self.min_foreground) else self.min_foreground
         d["no_foreground"] = list(self.no_foreground)
         d["warnings"] = list(self.warnings)
-        d.pop("counts")
         return d
 
 
@@ -634,7 +632,7 @@ def _summarise(plan: PatchifyPlan, *, built: bool, n_read: int, seconds: float) 
             background=store.background, n_models=len(models), n_stimuli=len(st),
             n_views=int(models["n_views"].sum()), n_patches=store.n_patches, n_reference=store.n_reference,
             n_read=n_read, unit=plan.unit, no_foreground=no_fg, warnings=tuple(warnings), seconds=seconds,
-            has_mos=store.has_mos, counts=tuple(zip(st["stimulus"], st["count"].astype(int))))
+            has_mos=store.has_mos)
 
 
 # ---------------------------------------------------------------------------------------------
