@@ -300,3 +300,12 @@ def test_cli_root_hints(cli, tree):
     assert above.exit_code == 1 and f"did you mean {tree}?" in above.stderr
     flags = cli("eval-bapps", "2afc", tree, "--model", "l2", "--checkpoint", "x.pth")
     assert flags.exit_code == 1 and "drop --checkpoint" in flags.stderr
+
+
+def test_damaged_image_in_loader_worker_is_one_line(own_tree):
+    """On CUDA the loader reads in worker processes; their re-raised error keeps its one-line message."""
+    (own_tree / "2afc/val/cnn/p0/000002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(InvalidInputError) as info:
+        eval_bapps(own_tree, subsets=["val/cnn"], model="l2", num_workers=1, batch_size=1)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(own_tree / "2afc/val/cnn/p0/000002.png"))

@@ -99,9 +99,14 @@ def test_jnd_ap_flattens_before_sorting(rng):
     same[0] = 1
     flat = jnd_average_precision(d, same)
     assert jnd_average_precision(d.reshape(-1, 1, 1, 1), same.reshape(-1, 1)) == flat
-    # what the bug computed: argsort along the last (size-1) axis keeps the dataset order
-    buggy_order = np.argsort(d.reshape(-1, 1, 1, 1)).ravel()
-    assert (buggy_order == 0).all()
+    # what the bug computed: argsort along the last (size-1) axis gives index 0 everywhere, so the
+    # "sorted" same values are the first pair's, repeated, and the AP is just same[0]
+    buggy = np.argsort(d.reshape(-1, 1, 1, 1))
+    assert (buggy == 0).all()
+    s = same[buggy].ravel()
+    tp, fp = np.cumsum(s), np.cumsum(1 - s)
+    assert voc_ap(tp / s.sum(), tp / (tp + fp)) == pytest.approx(same[0])
+    assert flat != pytest.approx(same[0])
 
 
 def test_voc_ap_sentinels():
