@@ -65,6 +65,8 @@ app.command("patchify")(patchify.patchify)
 app.command("score-mesh-db")(score_mesh_db.score_mesh_db)
 app.add_typer(eval_bapps.app, name="eval-bapps")
 app.command("eval-jnd", cls=eval_bapps.MultiValueCommand)(eval_bapps.eval_jnd)
+from . import train  # noqa: E402
+app.command("train", cls=train.TrainCommand)(train.train)
 
 
 def main() -> None:

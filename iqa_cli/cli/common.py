@@ -63,16 +63,24 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def progress_bar(description: str, total: int | None, unit: str, enabled: bool = True) -> Iterator:
-    """A rich progress bar on stderr; yields advance(n). Hidden when stderr is not a terminal
-    unless IQA_PROGRESS=1, so logs and --json pipelines stay clean."""
+    """A rich progress bar on stderr; yields advance(n, postfix=None) (postfix: short text shown
+    after the bar, e.g. the current loss). Hidden when stderr is not a terminal unless
+    IQA_PROGRESS=1, so logs and --json pipelines stay clean."""
     show = enabled and (err_console.is_terminal or os.environ.get("IQA_PROGRESS") == "1")
     if not show:
-        yield lambda n=1: None
+        yield lambda n=1, postfix=None: None
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
-                  TimeRemainingColumn(), console=err_console) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+                  TimeRemainingColumn(), TextColumn("{task.fields[postfix]}"), console=err_console) as bar:
+        task = bar.add_task(description, total=total, postfix="")
+
+        def advance(n: int = 1, postfix: str | None = None) -> None:
+            if postfix is None:
+                bar.advance(task, n)
+            else:
+                bar.update(task, advance=n, postfix=postfix)
+
+        yield advance
 
 
 def resolve_backbone_weights(path: Path | None) -> str | Path:

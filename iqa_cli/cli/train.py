@@ -1,0 +1,245 @@
+"""`iqa train`: learn Graphics-LPIPS heads from MOS (a patch store) or LPIPS heads from BAPPS."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from .common import BackboneWeightsOpt, DeviceOpt, JsonOpt, emit_json, err_console, json_float, progress_bar
+
+
+class TrainCommand(TyperCommand):
+    """Lets ``--datasets`` (and ``--val-datasets``) take several values after one flag, as the
+    original LPIPS training script did: ``--datasets train/traditional train/cnn train/mix``.
+    The values run up to the next token that starts with '-'."""
+
+    multi_value_options = ("--datasets", "--val-datasets")
+
+    def parse_args(self, ctx, args):
+        out: list[str] = []
+        i = 0
+        args = list(args)
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                out.extend(args[i:])
+                break
+            if token in self.multi_value_options:
+                values = []
+                i += 1
+                while i < len(args) and not args[i].startswith("-"):
+                    values.append(args[i])
+                    i += 1
+                if not values:
+                    out.append(token)  # let click report the missing value
+                for value in values:
+                    out.extend([token, value])
+                continue
+            out.append(token)
+            i += 1
+        return super().parse_args(ctx, out)
+
+
+def _split_values(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
+    if values is None:
+        return None
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def train(
+    store: Optional[Path] = typer.Argument(None, help="Patch store with MOS (from iqa patchify). Leave out with --bapps.",
+                                           show_default=False),
+    name: str = typer.Option(..., "--name", help="Run name: files go to CHECKPOINTS_DIR/NAME/.", show_default=False),
+    checkpoints_dir: Path = typer.Option(Path("checkpoints"), "--checkpoints-dir", help="Where run folders go."),
+    n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", help="Stimuli per optimiser step (whole stimuli)."),
+    npatches: int = typer.Option(150, "--npatches", help="Patches each stimulus contributes per epoch."),
+    nepoch: int = typer.Option(5, "--nepoch", help="Epochs at the base learning rate."),
+    nepoch_decay: int = typer.Option(5, "--nepoch_decay", "--nepoch-decay",
+                                     help="Epochs of linear learning-rate decay after those."),
+    lr: float = typer.Option(1e-4, "--lr", help="Base learning rate (Adam, beta1 0.5)."),
+    testset_freq: int = typer.Option(2, "--testset_freq", "--testset-freq",
+                                     help="Evaluate on the test set every this many epochs (and after the last)."),
+    net: str = typer.Option("alex", "--net", help="Backbone: alex | vgg | squeeze."),
+    head: Optional[str] = typer.Option(None, "--head", help="graphics (MLP heads) | lpips (linear heads). "
+                                       "Default: graphics for a store, lpips for --bapps.", show_default=False),
+    version: str = typer.Option("0.1", "--version", help="LPIPS input scaling: 0.1 or 0.0."),
+    loss: str = typer.Option("mse", "--loss", help="mse | rank (1 - soft-rank Spearman) | mse+rank."),
+    rank_weight: float = typer.Option(1.0, "--rank-weight", help="Weight of the rank term in mse+rank."),
+    rank_temperature: float = typer.Option(0.1, "--rank-temperature",
+                                           help="Soft-rank temperature, in units of the batch's score std."),
+    split: Optional[float] = typer.Option(None, "--split", help="Training fraction of a random by-stimulus split. "
+                                          "Default: the store's split column when it labels every stimulus "
+                                          "train/test, else 0.8.", show_default=False),
+    train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="CSV with a 'stimulus' column: the training "
+                                             "stimuli (alone: the rest are tested).", show_default=False),
+    test_csv: Optional[Path] = typer.Option(None, "--test-csv", help="CSV with a 'stimulus' column: the test "
+                                            "stimuli (alone: the rest are trained on).", show_default=False),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, sampling, init and dropout "
+                                       "(default: random, recorded in the checkpoint).", show_default=False),
+    device: str = DeviceOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its latest.pth."),
+    train_trunk: bool = typer.Option(False, "--train-trunk", help="Train the backbone too (default: frozen)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Start from random backbone weights."),
+    backbone_weights: Optional[Path] = BackboneWeightsOpt,
+    bapps: Optional[Path] = typer.Option(None, "--bapps", help="Train LPIPS heads on this BAPPS 'dataset' folder "
+                                         "(2AFC, Dist2Logit + BCE) instead of a store.", show_default=False),
+    datasets: Optional[List[str]] = typer.Option(None, "--datasets", help="BAPPS training subsets (several after "
+                                                 "one flag; default train/traditional train/cnn train/mix).",
+                                                 show_default=False),
+    val_datasets: Optional[List[str]] = typer.Option(None, "--val-datasets", help="BAPPS subsets evaluated every "
+                                                     "--testset_freq epochs (default: every val/* subset present).",
+                                                     show_default=False),
+    batch_size: int = typer.Option(50, "--batch-size", help="BAPPS: triplets per optimiser step."),
+    eval_batch_size: int = typer.Option(256, "--eval-batch-size", help="Patch pairs per forward pass when scoring "
+                                        "the test set."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="BAPPS: only the first N triplets of each subset.",
+                                        show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: by device).",
+                                          show_default=False),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train perceptual-metric heads: Graphics-LPIPS from MOS, or LPIPS from BAPPS 2AFC judgments.
+
+    Writes CHECKPOINTS_DIR/NAME/latest.pth, epoch_K.pth, metrics.csv and curves.png; the checkpoints load in score-pair, score-mesh-db and eval-bapps with --checkpoint.
+
+    \b
+    Examples:
+      iqa train db.h5 --name glpips --nInputImg 4 --npatches 150 --nepoch 5 --nepoch_decay 5
+      iqa train db.h5 --name glpips_rank --loss mse+rank --split 0.8 --seed 1
+      iqa train db.h5 --name glpips --resume                     # after Ctrl-C
+      iqa train --bapps dataset/ --datasets train/traditional train/cnn train/mix --head lpips --name lpips_alex
+    """
+    from ..errors import InvalidInputError
+    from ..training import BAPPS_TRAIN_SETS, TrainConfig
+
+    if bapps is not None and store is not None:
+        raise InvalidInputError(f"give either a patch store ({store}) or --bapps {bapps}, not both")
+    if bapps is None and store is None:
+        raise InvalidInputError("nothing to train on: give a patch store STORE.h5 (from iqa patchify) or --bapps ROOT")
+    if bapps is None and (datasets or val_datasets):
+        raise InvalidInputError("--datasets and --val-datasets are for --bapps training")
+    config = TrainConfig(
+        name=name, store=str(store) if store is not None else None,
+        bapps_root=str(bapps) if bapps is not None else None,
+        datasets=_split_values(datasets) or BAPPS_TRAIN_SETS, val_datasets=_split_values(val_datasets),
+        checkpoints_dir=str(checkpoints_dir), net=net, head=head, version=version, loss=loss,
+        rank_weight=rank_weight, rank_temperature=rank_temperature, n_input_img=n_input_img, npatches=npatches,
+        batch_size=batch_size, nepoch=nepoch, nepoch_decay=nepoch_decay, lr=lr, testset_freq=testset_freq,
+        split=split, train_csv=str(train_csv) if train_csv else None, test_csv=str(test_csv) if test_csv else None,
+        seed=seed, device=device, train_trunk=train_trunk, from_scratch=from_scratch,
+        backbone_weights=str(backbone_weights) if backbone_weights else None, eval_batch_size=eval_batch_size,
+        num_workers=workers, bapps_limit=limit, resume=resume)
+
+    from ..training import train as run_training
+
+    reporter = _Reporter()
+    try:
+        with reporter:
+            result = run_training(config, progress=reporter)
+    except KeyboardInterrupt:
+        run_dir = Path(checkpoints_dir) / name
+        done = reporter.last_epoch
+        where = (f"{run_dir / 'latest.pth'} holds epoch {done}; continue with --resume" if done is not None
+                 else "no epoch completed")
+        err_console.print(f"[bold red]interrupted[/]: {where}")
+        raise typer.Exit(130) from None
+
+    if as_json:
+        emit_json(_json_result(result))
+        return
+    _print_summary(result)
+
+
+class _Reporter:
+    """Progress callback: a bar (stimuli/s or triplets/s, loss) and one log line per epoch on stderr."""
+
+    def __init__(self):
+        self.stack = contextlib.ExitStack()
+        self.advance = None
+        self.last_epoch: int | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+
+    def __call__(self, event) -> None:
+        if event.kind == "start":
+            self.stack.close()
+            if event.total > 0:
+                self.advance = self.stack.enter_context(progress_bar("training", event.total, event.unit))
+        elif event.kind == "step" and self.advance is not None:
+            self.advance(event.n, postfix=f"epoch {event.epoch}/{event.total_epochs}  loss {event.loss:.4g}")
+        elif event.kind == "epoch":
+            self.last_epoch = event.epoch
+            err_console.print(_epoch_line(event.row, event.total_epochs))
+
+
+def _num(value, fmt: str = ".4f") -> str:
+    return "-" if value is None or value != value else format(value, fmt)
+
+
+def _epoch_line(row: dict, total: int) -> str:
+    parts = [f"epoch {row['epoch']}/{total}"]
+    if row.get("lr") is not None:
+        parts.append(f"lr {row['lr']:.3g}")
+    if row.get("train_loss") is not None:
+        parts.append(f"train loss {row['train_loss']:.4g}")
+    if row.get("test_loss") is not None:
+        parts.append(f"test loss {row['test_loss']:.4g}  RMSE {_num(row.get('test_rmse'))}  "
+                     f"SROCC {_num(row.get('test_srocc'))}  PLCC {_num(row.get('test_plcc'))}")
+    if row.get("train_2afc") is not None:
+        parts.append(f"train 2AFC {_num(row.get('train_2afc'))}")
+    if row.get("val_2afc") is not None:
+        parts.append(f"val 2AFC {_num(row.get('val_2afc'))}")
+    if row.get("units_per_s") is not None:
+        parts.append(f"({row['units_per_s']:.1f}/s)")
+    return "  ".join(parts)
+
+
+def _clean(value):
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _json_result(result) -> dict:
+    return _clean(result.to_dict())
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"iqa train {result.name} ({result.mode}, {result.config['net']}, "
+                        f"{result.config['head']} heads)")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("epochs", f"{result.epochs_completed}/{result.total_epochs}"
+                  + (f" (resumed from {result.resumed_from})" if result.resumed_from is not None else "")
+                  + (" (stopped early)" if result.stopped_early else ""))
+    if result.mode == "mos":
+        table.add_row("stimuli train / test", f"{result.n_train} / {result.n_test}")
+        for key, label in (("test_loss", "test loss"), ("test_rmse", "test RMSE (raw)"), ("test_srocc", "test SROCC"),
+                           ("test_plcc", "test PLCC")):
+            table.add_row(label, _num(result.final.get(key)))
+    else:
+        table.add_row("training triplets", str(result.n_train))
+        table.add_row("val 2AFC (mean)", _num(result.final.get("val_2afc")))
+        for key, value in result.final.items():
+            if key.startswith("val_") and key != "val_2afc":
+                table.add_row(f"  {key[4:]}", _num(value))
+    table.add_row("checkpoint", str(result.checkpoint))
+    table.add_row("metrics", str(result.metrics_csv))
+    table.add_row("curves", str(result.curves_png))
+    table.add_row("time", f"{result.seconds:.1f} s")
+    Console().print(table)
