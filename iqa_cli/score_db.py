@@ -67,7 +67,7 @@ def aggregate(distances: np.ndarray, first: np.ndarray, count: np.ndarray) -> np
     return out
 
 
-def stimulus_scores(store, metric, stimuli: Sequence[int] | None = None, batch_size: int = 256, device="auto",
+def stimulus_scores(store, metric, stimuli: Sequence[int] | None = None, batch_size: int | None = None, device="auto",
                     precision: str = "fp32", num_workers: int | None = None,
                     advance: Callable[[int], None] | None = None) -> np.ndarray:
     """Scores of the given stimulus rows (all by default), in that order."""
@@ -81,7 +81,7 @@ def stimulus_scores(store, metric, stimuli: Sequence[int] | None = None, batch_s
     return aggregate(d, table["first"].to_numpy(), table["count"].to_numpy())
 
 
-def score_mesh_db(store, metric, batch_size: int = 256, device="auto", precision: str = "fp32", fit: str = "glm",
+def score_mesh_db(store, metric, batch_size: int | None = None, device="auto", precision: str = "fp32", fit: str = "glm",
                   num_workers: int | None = None, advance: Callable[[int], None] | None = None) -> MeshDBResult:
     """Score every stimulus; with MOS in the store, correlate after a ``fit`` ('glm' or 'vqeg4')."""
     store = open_store(store)

@@ -22,7 +22,8 @@ def score_mesh_db(
     fit: str = typer.Option("glm", "--fit", help="Mapping before PLCC/RMSE: glm (binomial GLM, logit link; "
                             "MOS in [0,1], as Graphics-LPIPS) or vqeg4 (VQEG 4-parameter logistic)."),
     device: str = DeviceOpt,
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Patches per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Patches per forward pass "
+                                             "(default: 512, 128 for vgg)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (half precisions on CUDA)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader processes reading the "
                                           "store (default: 0 on small CPUs, several on CUDA)."),

@@ -67,6 +67,7 @@ class PerceptualDistance(nn.Module):
         # Non-persistent: constants of the method, not learned state.
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        self.net.to(memory_format=torch.channels_last)  # matches backbone_input(); loading weights keeps it
         self.freeze_backbone()
 
     # -- parts ---------------------------------------------------------------------------------
@@ -88,9 +89,14 @@ class PerceptualDistance(nn.Module):
             x = (x - self.shift) / self.scale
         return x
 
+    def backbone_input(self, images01: torch.Tensor) -> torch.Tensor:
+        """Scaled input in channels-last layout: oneDNN and cuDNN convolutions run 1.1-1.5x faster
+        on it (measured on alex/vgg/squeeze at 64x64, see benchmarks/)."""
+        return self.preprocess(images01).contiguous(memory_format=torch.channels_last)
+
     def features(self, images01: torch.Tensor) -> list[torch.Tensor]:
         """Unit-normalised feature taps of images in [0, 1], shape (N, 3, H, W)."""
-        return [unit_normalize(t) for t in self.net(self.preprocess(images01))]
+        return [unit_normalize(t) for t in self.net(self.backbone_input(images01))]
 
     def layer_maps(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor]) -> list[torch.Tensor]:
         """One (N, 1, h_l, w_l) distance map per tap."""
