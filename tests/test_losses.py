@@ -11,6 +11,16 @@ from iqa_cli.losses import (BCERankingLoss, Dist2Logit, hard_rank, mos_loss, mse
                             soft_spearman)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP spin-wait stalls when
+    other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
