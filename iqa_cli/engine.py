@@ -138,7 +138,11 @@ def plan_store_chunks(store, stimulus_rows, batch_size: int) -> list[tuple[int, 
 
 class _ReferenceFeatures:
     """Features of each model's reference patches, computed once and reused by all its stimuli.
-    A model too large for the memory budget has its reference patches recomputed per batch."""
+
+    Models are filled in look-ahead groups of about one batch, so that a database of small models
+    still runs full batches; a model too large for the memory budget has its reference patches
+    recomputed for each batch instead.
+    """
 
     def __init__(self, store, metric, device, batch_size: int):
         self.store, self.metric, self.device, self.batch_size = store, metric, device, batch_size
@@ -147,44 +151,64 @@ class _ReferenceFeatures:
         self.cache: dict[int, list[torch.Tensor] | None] = {}  # model -> features (None: over budget)
         self._patch_bytes: int | None = None
 
-    def _features(self, patches: torch.Tensor) -> list[torch.Tensor]:
-        out = [self.metric.features(to_device_float(patches[s:s + self.batch_size], self.device))
+    def _features(self, patches: np.ndarray) -> list[torch.Tensor]:
+        out = [self.metric.features(to_device_float(torch.from_numpy(patches[s:s + self.batch_size]), self.device))
                for s in range(0, len(patches), self.batch_size)]
-        return [torch.cat(parts) for parts in zip(*out)]
+        return out[0] if len(out) == 1 else [torch.cat(parts) for parts in zip(*out)]
 
-    def _fits_budget(self, count: int) -> bool:
+    def _budget_patches(self) -> int:
         if self._patch_bytes is None:
             s = self.store.patch_size
             probe = self.metric.features(torch.zeros(1, 3, s, s, device=self.device))
             self._patch_bytes = sum(t.numel() * t.element_size() for t in probe)
-        return count * self._patch_bytes <= REF_FEATURE_BUDGET_BYTES
+        return REF_FEATURE_BUDGET_BYTES // self._patch_bytes
 
-    def _for_model(self, model: int) -> list[torch.Tensor] | None:
-        if model not in self.cache:
-            first, count = int(self.ref_first[model]), int(self.ref_count[model])
-            self.cache[model] = (self._features(torch.from_numpy(self.store.read_reference(first, first + count)))
-                                 if self._fits_budget(count) else None)
-        return self.cache[model]
+    def _fill(self, model: int) -> None:
+        budget = self._budget_patches()
+        if self.ref_count[model] > budget:
+            self.cache[model] = None
+            return
+        last, total = model, int(self.ref_count[model])
+        while (last + 1 < len(self.ref_count) and total + self.ref_count[last + 1] <= self.batch_size
+               and total + self.ref_count[last + 1] <= budget):
+            last += 1
+            total += int(self.ref_count[last])
+        first_row = int(self.ref_first[model])
+        feats = self._features(self.store.read_reference(first_row, first_row + total))
+        for m in range(model, last + 1):
+            a = int(self.ref_first[m]) - first_row
+            self.cache[m] = [t[a:a + int(self.ref_count[m])] for t in feats]
 
-    def gather(self, ref_rows: torch.Tensor) -> list[torch.Tensor]:
-        """Features of the reference patch of every row of a batch (rows are grouped by model)."""
-        rows = ref_rows.numpy()
-        models = np.searchsorted(self.ref_first, rows, side="right") - 1
+    def gather(self, ref_rows: np.ndarray) -> list[tuple[slice, list[torch.Tensor]]]:
+        """For runs of a batch's rows: (slice of the batch, reference features of those rows).
+        A run whose reference rows are consecutive gets a view, not a copy."""
+        models = np.searchsorted(self.ref_first, ref_rows, side="right") - 1
         for stale in [m for m in self.cache if m < models[0]]:
             del self.cache[stale]  # stores are model-ordered: earlier models are done
-        parts = []
-        for model in np.unique(models):
-            seg = rows[models == model]
-            cached = self._for_model(int(model))
-            if cached is not None:
-                local = torch.from_numpy(seg - self.ref_first[model]).to(self.device)
-                parts.append([t.index_select(0, local) for t in cached])
+        # Break the batch where the model changes or the reference rows stop being consecutive.
+        breaks = np.flatnonzero((np.diff(models) != 0) | (np.diff(ref_rows) != 1)) + 1
+        bounds = [0, *breaks.tolist(), len(ref_rows)]
+        if len(bounds) - 1 > 64:  # scattered rows: one gather per model beats many tiny runs
+            bounds = [0, *(np.flatnonzero(np.diff(models) != 0) + 1).tolist(), len(ref_rows)]
+        runs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            model, rows = int(models[a]), ref_rows[a:b]
+            if model not in self.cache:
+                self._fill(model)
+            cached = self.cache[model]
+            if cached is None:
+                unique, inverse = np.unique(rows, return_inverse=True)
+                feats = self._features(self.store.read_reference_rows(unique))
+                index = torch.from_numpy(inverse).to(self.device)
+                runs.append((slice(a, b), [t.index_select(0, index) for t in feats]))
+                continue
+            local = rows - self.ref_first[model]
+            if len(local) == 1 or np.all(np.diff(local) == 1):
+                runs.append((slice(a, b), [t[local[0]:local[0] + len(local)] for t in cached]))
             else:
-                unique, inverse = np.unique(seg, return_inverse=True)
-                feats = self._features(torch.from_numpy(self.store.read_reference_rows(unique)))
-                inverse = torch.from_numpy(inverse).to(self.device)
-                parts.append([t.index_select(0, inverse) for t in feats])
-        return parts[0] if len(parts) == 1 else [torch.cat(layer) for layer in zip(*parts)]
+                index = torch.from_numpy(local).to(self.device)
+                runs.append((slice(a, b), [t.index_select(0, index) for t in cached]))
+        return runs
 
 
 def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | None = None, device="auto",
@@ -206,8 +230,8 @@ def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | Non
         for i, patches, refs in loader:
             start, stop = chunks[i]
             feats = metric.features(to_device_float(patches, dev))
-            ref_feats = references.gather(refs)
-            d = metric.distance_from_features(ref_feats, feats)
+            d = torch.cat([metric.distance_from_features(ref_feats, [f[rows] for f in feats])
+                           for rows, ref_feats in references.gather(refs.numpy())])
             distances[start:stop] = d.double().cpu().numpy()
             if advance is not None:
                 advance(stop - start)
