@@ -104,6 +104,7 @@ def iterate_batches(loader: DataLoader, advance: Advance | None = None, count: C
 
 # -- the patch-store scorer --------------------------------------------------------------------
 REF_FEATURE_BUDGET_BYTES = 768 * 2**20  # above this a model's reference features are not cached whole
+MAX_VIEW_RUNS = 64  # a batch split into more runs than this gathers reference features per model instead
 
 
 class _StoreChunks(Dataset):
@@ -188,7 +189,7 @@ class _ReferenceFeatures:
         # Break the batch where the model changes or the reference rows stop being consecutive.
         breaks = np.flatnonzero((np.diff(models) != 0) | (np.diff(ref_rows) != 1)) + 1
         bounds = [0, *breaks.tolist(), len(ref_rows)]
-        if len(bounds) - 1 > 64:  # scattered rows: one gather per model beats many tiny runs
+        if len(bounds) - 1 > MAX_VIEW_RUNS:  # scattered rows: one gather per model beats many tiny runs
             bounds = [0, *(np.flatnonzero(np.diff(models) != 0) + 1).tolist(), len(ref_rows)]
         runs = []
         for a, b in zip(bounds[:-1], bounds[1:]):

@@ -104,6 +104,16 @@ def test_uncached_reference_path_matches_cached(render_store, monkeypatch):
     np.testing.assert_allclose(stimulus_scores(store_path, metric, batch_size=9, device="cpu"), cached, atol=1e-6)
 
 
+def test_scattered_reference_rows_path_matches(render_store, monkeypatch):
+    import iqa_cli.engine as engine
+
+    _, _, store_path = render_store
+    metric = create_metric("lpips", net="alex")
+    expected = stimulus_scores(store_path, metric, device="cpu")
+    monkeypatch.setattr(engine, "MAX_VIEW_RUNS", 0)  # always one index_select per model
+    np.testing.assert_allclose(stimulus_scores(store_path, metric, batch_size=50, device="cpu"), expected, atol=1e-6)
+
+
 def test_loader_workers_give_the_same_scores(render_store):
     _, _, store_path = render_store
     metric = create_metric("lpips", net="alex")
