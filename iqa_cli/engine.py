@@ -72,13 +72,16 @@ def make_loader(dataset: Dataset, batch_size: int | None, device: torch.device, 
 
 
 def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N,H,W,3) or (N,3,H,W), or float in [0,1] -> float32 (N,3,H,W) in [0,1] on ``device``."""
+    """uint8 (N,H,W,3) or (N,3,H,W), or float in [0,1] -> float32 (N,3,H,W) in [0,1] on ``device``.
+
+    (N,H,W,3) input comes back as a channels-last view of the same layout: no copy, and the
+    layout the backbone runs fastest on."""
     x = images.to(device, non_blocking=True)
     if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
     if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    return x.contiguous()
+        x = x.float().div_(255.0)  # .float() keeps the (channels-last) strides
+    return x
 
 
 def autocast(device: torch.device, precision: str = "fp32"):
