@@ -398,6 +398,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             raise InvalidInputError("--datasets: name at least one BAPPS training subset, e.g. train/traditional")
         if cfg.split is not None or cfg.train_csv or cfg.test_csv:
             raise InvalidInputError("--split, --train-csv and --test-csv apply to MOS training, not to --bapps")
+        if cfg.loss != "mse":
+            raise InvalidInputError(f"--loss {cfg.loss} applies to MOS training; --bapps training always fits "
+                                    f"the Dist2Logit ranking network with BCE")
     return replace(cfg, head=head, net=net, seed=int(seed))
 
 
