@@ -261,7 +261,7 @@ def _csv_stimuli(path: str, option: str) -> list[str]:
         table = pd.read_csv(p, dtype=str, skipinitialspace=True)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{option} {path}: not a readable CSV ({str(exc).splitlines()[0][:100]})") from None
-    columns = {str(c).strip().lower(): c for c in table.columns}
+    columns = {str(c).strip().lstrip("\ufeff").lower(): c for c in table.columns}
     if "stimulus" not in columns:
         raise InvalidInputError(f"{option} {path}: expected a 'stimulus' column, found "
                                 f"{', '.join(map(str, table.columns)) or 'no columns'}")
@@ -303,7 +303,8 @@ def make_split(stimuli, cfg: TrainConfig, seed: int) -> Split:
             if both:
                 raise InvalidInputError(f"{len(both)} stimuli are in both --train-csv and --test-csv: "
                                         f"{', '.join(names[i] for i in both[:5])}")
-        rest = [i for i in np.flatnonzero(usable) if i not in set(chosen.get("train", []) + chosen.get("test", []))]
+        listed = set(chosen.get("train", [])) | set(chosen.get("test", []))
+        rest = [int(i) for i in np.flatnonzero(usable) if int(i) not in listed]
         train = chosen.get("train", rest if "train" not in chosen else [])
         test = chosen.get("test", rest if "test" not in chosen else [])
         check(train, test, "the split CSVs")
