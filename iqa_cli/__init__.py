@@ -17,6 +17,13 @@ _LAZY = {
     "list_metrics": "registry",
     "PerceptualDistance": "models.lpips",
     "load_image": "io.images",
+    "PatchSpec": "io.patches",
+    "PatchStore": "io.store",
+    "patchify": "datasets.mesh_db",
+    "score_mesh_db": "score_db",
+    "eval_bapps": "bapps_eval",
+    "train": "training",
+    "TrainConfig": "training",
 }
 
 __all__ = ["__version__", "IQAError", "InvalidInputError", "UnknownMetricError", "WeightsError", "StoreError",

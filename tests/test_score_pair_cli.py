@@ -186,3 +186,10 @@ def test_help_is_fast_and_does_not_import_torch():
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "iqa_cli", "--help"], capture_output=True, check=True)
     assert time.perf_counter() - start < 1.0
+
+
+def test_public_api_names_resolve():
+    import iqa_cli
+
+    for name in iqa_cli.__all__:
+        assert getattr(iqa_cli, name) is not None, name
