@@ -109,8 +109,8 @@ def timed(fn) -> tuple[float, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=int, default=4)
-    ap.add_argument("--stimuli", type=int, default=5, help="stimuli per model")
+    ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--stimuli", type=int, default=15, help="stimuli per model (the published set has ~55)")
     ap.add_argument("--size", type=int, default=512, help="render size (pixels, square)")
     ap.add_argument("--net", default="alex")
     ap.add_argument("--device", default="cpu")
@@ -167,11 +167,19 @@ def main() -> None:
             diff = float(np.max(np.abs(outputs[name] - outputs["iqa"])))
             assert diff < 1e-4, f"{name} disagrees with iqa by {diff}"
     med = {k: statistics.median(v) for k, v in rates.items()}
+
+    def paired(other: str) -> float | None:
+        """Median over rounds of iqa's rate / other's rate in the same round (cancels load drift)."""
+        return statistics.median(a / b for a, b in zip(rates["iqa"], rates[other])) if other in rates else None
+
     result = {"patches": n, "net": args.net, "device": str(device), "repeats": args.repeats,
               "median_patches_per_s": med,
               "iqa_over_loop": med["iqa"] / med["loop"] if "loop" in med else None,
               "iqa_over_lpips_stimulus_batches": med["iqa"] / med["lpips-stim"],
-              "iqa_over_ceiling": med["iqa"] / med["ceiling"]}
+              "iqa_over_ceiling": med["iqa"] / med["ceiling"],
+              "paired_round_ratios": {"loop": paired("loop"), "lpips-stim": paired("lpips-stim"),
+                                      "ceiling": paired("ceiling")},
+              "rates_per_round": rates}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
