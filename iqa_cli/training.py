@@ -651,6 +651,20 @@ class _Run:
         if self.progress is not None:
             self.progress(TrainEvent(total_epochs=self.cfg.total_epochs, unit=self.unit, **kwargs))
 
+    def begin(self, fresh: bool, evaluate: Callable[[], dict], columns: Sequence[str], units_per_epoch: int) -> None:
+        """On a fresh run, evaluate and save the untrained model as epoch 0; then announce the
+        epochs this call will train (the progress bar's total)."""
+        if fresh:
+            row = {"epoch": 0, "lr": None, "train_loss": None, **evaluate()}
+            self.history.append(row)
+            self.save(0)
+            self.write_logs(columns)
+            self.emit(kind="epoch", epoch=0, row=row)
+        remaining = self.cfg.total_epochs - self.epoch
+        if self.cfg.stop_after_epoch is not None:
+            remaining = max(0, min(remaining, self.cfg.stop_after_epoch - self.epoch))
+        self.emit(kind="start", epoch=self.epoch, total=remaining * units_per_epoch)
+
     def set_lr(self, epoch: int) -> float:
         lr = learning_rate(epoch, self.cfg.lr, self.cfg.nepoch, self.cfg.nepoch_decay)
         for group in self.optimizer.param_groups:
@@ -835,18 +849,8 @@ def _train_mos(cfg: TrainConfig, user_seed: int | None, progress: Progress | Non
     train_rows = np.asarray(split.train, dtype=np.int64)
     model = run.model
 
-    if run.epoch == 0:
-        if training is None:
-            row = {"epoch": 0, "lr": None, "train_loss": None,
-                   **_drop_fit(evaluate_mos(model, store, split.test, cfg, device))}
-            run.history.append(row)
-            run.save(0)
-            run.write_logs(MOS_COLUMNS)
-            run.emit(kind="epoch", epoch=0, row=row)
-    remaining = cfg.total_epochs - run.epoch
-    if cfg.stop_after_epoch is not None:
-        remaining = max(0, min(remaining, cfg.stop_after_epoch - run.epoch))
-    run.emit(kind="start", epoch=run.epoch, total=remaining * len(train_rows))
+    run.begin(training is None, lambda: _drop_fit(evaluate_mos(model, store, split.test, cfg, device)), MOS_COLUMNS,
+              len(train_rows))
     stopped = False
     for epoch in range(run.epoch + 1, cfg.total_epochs + 1):
         if _should_stop(run.epoch, cfg):
@@ -951,16 +955,7 @@ def _train_bapps(cfg: TrainConfig, user_seed: int | None, progress: Progress | N
     def evaluate() -> dict:
         return evaluate_bapps(model, cfg, val_subsets, device) if val_subsets else {}
 
-    if training is None:
-        row = {"epoch": 0, "lr": None, "train_loss": None, **evaluate()}
-        run.history.append(row)
-        run.save(0)
-        run.write_logs(BAPPS_COLUMNS)
-        run.emit(kind="epoch", epoch=0, row=row)
-    remaining = cfg.total_epochs - run.epoch
-    if cfg.stop_after_epoch is not None:
-        remaining = max(0, min(remaining, cfg.stop_after_epoch - run.epoch))
-    run.emit(kind="start", epoch=run.epoch, total=remaining * len(train_set))
+    run.begin(training is None, evaluate, BAPPS_COLUMNS, len(train_set))
     stopped = False
     for epoch in range(run.epoch + 1, cfg.total_epochs + 1):
         if _should_stop(run.epoch, cfg):

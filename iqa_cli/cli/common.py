@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import typer
+from typer.core import TyperCommand
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -85,3 +86,70 @@ def progress_bar(description: str, total: int | None, unit: str, enabled: bool =
 
 def resolve_backbone_weights(path: Path | None) -> str | Path:
     return path if path is not None else "imagenet"
+
+
+class MultiValueOptionsCommand(TyperCommand):
+    """Lets the ``multi_value_options`` take several values after one flag, as the original LPIPS
+    scripts did (``--datasets val/cnn val/deblur``), besides repeating the flag.
+
+    The values after the flag run up to the next token that starts with '-'. With
+    ``trailing_value_may_be_argument``, a missing positional argument is taken from the last of
+    them (``--datasets val/cnn ROOT``)."""
+
+    multi_value_options: tuple[str, ...] = ()
+    trailing_value_may_be_argument = False
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, self._expand(list(args)))
+
+    def _expand(self, args: list[str]) -> list[str]:
+        takes_value: dict[str, bool] = {}
+        n_arguments = 0
+        for param in self.params:
+            if getattr(param, "param_type_name", "") == "option":
+                flag = bool(getattr(param, "is_flag", False) or getattr(param, "count", False))
+                for opt in (*param.opts, *param.secondary_opts):
+                    takes_value[opt] = not flag
+            elif getattr(param, "param_type_name", "") == "argument":
+                n_arguments += 1
+        out: list[str] = []
+        positionals = 0
+        last_group: tuple[str, list[str]] | None = None
+        i = 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                positionals += len(args) - i - 1
+                out.extend(args[i:])
+                break
+            if token in self.multi_value_options:
+                values = []
+                i += 1
+                while i < len(args) and not args[i].startswith("-"):
+                    values.append(args[i])
+                    i += 1
+                if not values:  # let click report the missing value
+                    out.append(token)
+                    continue
+                for value in values:
+                    out.extend([token, value])
+                last_group = (token, values)
+                continue
+            out.append(token)
+            if token.startswith("-") and token != "-":
+                if "=" not in token and takes_value.get(token, False) and i + 1 < len(args):
+                    out.append(args[i + 1])
+                    i += 1
+            else:
+                positionals += 1
+            i += 1
+        if (self.trailing_value_may_be_argument and positionals < n_arguments and last_group is not None and len(last_group[1]) > 1):
+            # the last value after the flag was the missing positional argument
+            option, values = last_group
+            tail = values[-1]
+            for k in range(len(out) - 1, 0, -1):
+                if out[k] == tail and out[k - 1] == option:
+                    del out[k - 1:k + 1]
+                    break
+            out.append(tail)
+        return out

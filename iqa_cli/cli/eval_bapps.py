@@ -6,75 +6,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperCommand
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, VersionOpt, emit_json,
-                     err_console, progress_bar, resolve_backbone_weights)
+from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, NetOpt,
+                     VersionOpt, emit_json, err_console, progress_bar, resolve_backbone_weights)
 
 
-class MultiValueCommand(TyperCommand):
-    """Lets ``--datasets`` take several values after one flag (``--datasets val/cnn val/deblur``),
-    besides repeating it or separating values with commas.
-
-    The values after the flag run up to the next token that starts with '-'. When ROOT was not
-    given anywhere else, the last of them is ROOT (``--datasets val/cnn ROOT`` still works)."""
+class MultiValueCommand(MultiValueOptionsCommand):
+    """``--datasets val/cnn val/deblur ROOT`` works: the last value is ROOT when ROOT is missing."""
 
     multi_value_options = ("--datasets",)
-
-    def parse_args(self, ctx, args):
-        return super().parse_args(ctx, self._expand(list(args)))
-
-    def _expand(self, args: list[str]) -> list[str]:
-        takes_value: dict[str, bool] = {}
-        n_arguments = 0
-        for param in self.params:
-            if getattr(param, "param_type_name", "") == "option":
-                flag = bool(getattr(param, "is_flag", False) or getattr(param, "count", False))
-                for opt in (*param.opts, *param.secondary_opts):
-                    takes_value[opt] = not flag
-            elif getattr(param, "param_type_name", "") == "argument":
-                n_arguments += 1
-        out: list[str] = []
-        positionals = 0
-        last_group: tuple[str, list[str]] | None = None
-        i = 0
-        while i < len(args):
-            token = args[i]
-            if token == "--":
-                positionals += len(args) - i - 1
-                out.extend(args[i:])
-                break
-            if token in self.multi_value_options:
-                values = []
-                i += 1
-                while i < len(args) and not args[i].startswith("-"):
-                    values.append(args[i])
-                    i += 1
-                if not values:  # let click report the missing value
-                    out.append(token)
-                    continue
-                for value in values:
-                    out.extend([token, value])
-                last_group = (token, values)
-                continue
-            out.append(token)
-            if token.startswith("-") and token != "-":
-                if "=" not in token and takes_value.get(token, False) and i + 1 < len(args):
-                    out.append(args[i + 1])
-                    i += 1
-            else:
-                positionals += 1
-            i += 1
-        if positionals < n_arguments and last_group is not None and len(last_group[1]) > 1:
-            # the last value after the flag was the missing positional argument
-            option, values = last_group
-            tail = values[-1]
-            for k in range(len(out) - 1, 0, -1):
-                if out[k] == tail and out[k - 1] == option:
-                    del out[k - 1:k + 1]
-                    break
-            out.append(tail)
-        return out
+    trailing_value_may_be_argument = True
 
 
 app = typer.Typer(

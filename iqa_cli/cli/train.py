@@ -7,41 +7,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperCommand
 
-from .common import BackboneWeightsOpt, DeviceOpt, JsonOpt, emit_json, err_console, json_float, progress_bar
+from .common import (BackboneWeightsOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, emit_json, err_console,
+                     json_float, progress_bar)
 
 
-class TrainCommand(TyperCommand):
-    """Lets ``--datasets`` (and ``--val-datasets``) take several values after one flag, as the
-    original LPIPS training script did: ``--datasets train/traditional train/cnn train/mix``.
-    The values run up to the next token that starts with '-'."""
+class TrainCommand(MultiValueOptionsCommand):
+    """``--datasets train/traditional train/cnn train/mix``, as the original training script."""
 
     multi_value_options = ("--datasets", "--val-datasets")
-
-    def parse_args(self, ctx, args):
-        out: list[str] = []
-        i = 0
-        args = list(args)
-        while i < len(args):
-            token = args[i]
-            if token == "--":
-                out.extend(args[i:])
-                break
-            if token in self.multi_value_options:
-                values = []
-                i += 1
-                while i < len(args) and not args[i].startswith("-"):
-                    values.append(args[i])
-                    i += 1
-                if not values:
-                    out.append(token)  # let click report the missing value
-                for value in values:
-                    out.extend([token, value])
-                continue
-            out.append(token)
-            i += 1
-        return super().parse_args(ctx, out)
 
 
 def _split_values(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:

@@ -71,6 +71,13 @@ class DbTable:
         """Model names in order of first appearance."""
         return list(dict.fromkeys(r.model for r in self.rows))
 
+    def rows_by_model(self) -> dict[str, list[DbRow]]:
+        """Each model's rows, models in order of first appearance."""
+        groups: dict[str, list[DbRow]] = {}
+        for row in self.rows:
+            groups.setdefault(row.model, []).append(row)
+        return groups
+
 
 def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
     shown = ", ".join(items[:limit])
@@ -242,11 +249,8 @@ def resolve_renders(renders: str | Path, table: DbTable) -> tuple[ModelSource, .
                                     "RENDERS/stimuli/<stimulus>.png (see datasets/README.md)")
     refs, stims = _Folder(renders / "references"), _Folder(renders / "stimuli")
     missing: list[str] = []
-    by_model: dict[str, list[DbRow]] = {}
-    for row in table.rows:
-        by_model.setdefault(row.model, []).append(row)
     models = []
-    for model, rows in by_model.items():
+    for model, rows in table.rows_by_model().items():
         if model in refs.dirs:
             if refs.image(model) is not None:
                 raise InvalidInputError(f"{renders}: both references/{model}/ and an image references/{model}.* "
@@ -303,11 +307,8 @@ def resolve_patch_folders(root: str | Path, table: DbTable) -> tuple[tuple[Model
     ref_names = {e.name for e in os.scandir(ref_dir)}
     stim_names = {e.name for e in os.scandir(stim_dir)}
     missing: list[str] = []
-    by_model: dict[str, list[DbRow]] = {}
-    for row in table.rows:
-        by_model.setdefault(row.model, []).append(row)
     models = []
-    for model, rows in by_model.items():
+    for model, rows in table.rows_by_model().items():
         n_ref = max(int(r.n_patches or 0) for r in rows)
         names = [f"{model}_Ref_P{p}.png" for p in range(1, n_ref + 1)]
         missing += [f"{ref_dir.name}/{n}" for n in names if n not in ref_names]

@@ -30,6 +30,11 @@ def unit_normalize(feature: torch.Tensor) -> torch.Tensor:
     return feature.div_(norm.add_(EPS))  # no autograd: reuse the tap's memory
 
 
+def squared_difference(f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+    diff = torch.sub(f0, f1)
+    return diff.pow_(2) if not torch.is_grad_enabled() else diff * diff  # in place when autograd is off
+
+
 def averaged_sum(maps: list[torch.Tensor]) -> torch.Tensor:
     """(N,) distance: each layer's map averaged over its own grid, summed over layers."""
     return sum(m.mean(dim=(2, 3)) for m in maps).flatten()
@@ -105,8 +110,7 @@ class PerceptualDistance(nn.Module):
         """One (N, 1, h_l, w_l) distance map per tap."""
         maps = []
         for k, (f0, f1) in enumerate(zip(feats0, feats1)):
-            diff = torch.sub(f0, f1)
-            diff = diff.pow_(2) if not torch.is_grad_enabled() else diff * diff
+            diff = squared_difference(f0, f1)
             if self.head_type == "none":
                 maps.append(diff.sum(dim=1, keepdim=True))
             else:
@@ -116,12 +120,20 @@ class PerceptualDistance(nn.Module):
     def distance_from_features(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor],
                                out_hw: tuple[int, int] | None = None) -> torch.Tensor:
         """(N,) distances, or (N, 1, H, W) maps when the metric is spatial (needs out_hw)."""
-        maps = self.layer_maps(feats0, feats1)
         if self.spatial:
             if out_hw is None:
                 raise ValueError("spatial distances need the input size")
-            return upsampled_sum(maps, out_hw)
-        return averaged_sum(maps)
+            return upsampled_sum(self.layer_maps(feats0, feats1), out_hw)
+        if self.head_type == "lpips" and not self.training:
+            # A linear head commutes with the spatial mean: w . mean_hw(diff) == mean_hw(w . diff),
+            # so reduce first and skip a full-resolution 1x1 convolution per layer.
+            total = 0
+            for k, (f0, f1) in enumerate(zip(feats0, feats1)):
+                diff = squared_difference(f0, f1)
+                weight = getattr(self, f"lin{k}").model[1].weight.flatten()
+                total = total + diff.mean(dim=(2, 3)) @ weight
+            return total
+        return averaged_sum(self.layer_maps(feats0, feats1))
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
         if img0.ndim == 3:
