@@ -193,3 +193,16 @@ def test_public_api_names_resolve():
 
     for name in iqa_cli.__all__:
         assert getattr(iqa_cli, name) is not None, name
+
+
+def test_spatial_dir_writes_one_heat_map_per_pair(cli, tmp_path, rng):
+    ref, dist = make_folders(tmp_path, rng)
+    out = tmp_path / "maps"
+    result = cli("score-pair", ref, dist, "--spatial-dir", out)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["sub/y.png", "x.png", "z.png"]
+    with Image.open(out / "sub" / "y.png") as heat:
+        assert heat.size == (40, 32)
+    one_line_error(cli("score-pair", ref / "x.png", dist / "x.png", "--spatial-dir", out), "--spatial-map")
+    one_line_error(cli("score-pair", ref, dist, "--spatial-map", tmp_path / "h.png"), "--spatial-dir")
