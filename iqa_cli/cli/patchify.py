@@ -96,7 +96,7 @@ def _render(result, counts_csv: Optional[Path]) -> None:
     thr = "unknown" if result.min_foreground != result.min_foreground else f"{result.min_foreground:g}"
     rows = [
         ("source", result.source),
-        ("models", f"{result.n_models:,} ({result.n_views:,} views)"),
+        ("models", f"{result.n_models:,} ({result.n_views:,} views in all)"),
         ("stimuli", f"{result.n_stimuli:,}" + (f" ({sum(1 for _ in result.no_foreground)} model(s) flagged "
                                                "no-foreground)" if result.no_foreground else "")),
         ("distorted patches", f"{result.n_patches:,}"),
