@@ -45,11 +45,21 @@ NET_ALIASES = {"alexnet": "alex", "vgg16": "vgg", "squeezenet": "squeeze", "sque
 
 
 def torchvision_features(spec: BackboneSpec) -> nn.Sequential:
-    """The untrained torchvision ``features`` stack (weights are loaded separately)."""
+    """The torchvision ``features`` stack, freshly initialised (weights are loaded separately).
+
+    The classifier is built on the meta device and never materialised: for vgg16 it would be
+    ~550 MB of parameters allocated and randomly initialised only to be thrown away.
+    """
     import torchvision.models as tvm
 
     builder: Callable[..., nn.Module] = getattr(tvm, spec.torchvision_builder)
-    return builder(weights=None).features
+    with torch.device("meta"):
+        features = builder(weights=None).features
+    features = features.to_empty(device="cpu")
+    for module in features.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # PyTorch's default initialisation of each conv
+    return features
 
 
 class Backbone(nn.Module):
