@@ -93,12 +93,19 @@ class PairScore:
     ref: Path
     dist: Path
     score: float
-    spatial_map: np.ndarray | None = None  # (H, W) float32 when requested
+
+
+MapSink = Callable[[Path, Path, np.ndarray], None]
 
 
 def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "auto", resize: bool = False,
-                spatial: bool = False, advance: Callable[[int], None] | None = None) -> list[PairScore]:
-    """Distances for every planned pair, batched by image size, in the plan's order."""
+                on_spatial_map: MapSink | None = None, advance: Callable[[int], None] | None = None
+                ) -> list[PairScore]:
+    """Distances for every planned pair, batched by image size, in the plan's order.
+
+    ``on_spatial_map(ref, dist, map)`` receives each pair's (H, W) distance map as soon as its
+    batch is done, so maps of a large folder are never all held in memory.
+    """
     import torch
 
     from .engine import make_loader, resolve_device, to_device_float
@@ -127,10 +134,12 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
             n = len(idx)
             maps = metric.layer_maps([f[:n] for f in feats], [f[n:] for f in feats])
             scores = averaged_sum(maps).double().cpu().numpy()
-            heat = upsampled_sum(maps, x0.shape[2:]).squeeze(1).float().cpu().numpy() if spatial else None
+            heat = upsampled_sum(maps, x0.shape[2:]).squeeze(1).float().cpu().numpy() if on_spatial_map else None
             for j, i in enumerate(idx):
                 ref, dist = plan.pairs[i]
-                results[i] = PairScore(ref, dist, float(scores[j]), heat[j] if heat is not None else None)
+                results[i] = PairScore(ref, dist, float(scores[j]))
+                if heat is not None:
+                    on_spatial_map(ref, dist, heat[j])
             if advance:
                 advance(n)
     return results  # type: ignore[return-value]

@@ -62,19 +62,19 @@ def score_pair(
     check_sizes(plan, resize)  # fail on size mismatches before loading any model
     model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
                           backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
-    want_maps = spatial_map is not None or spatial_dir is not None
-    with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
-        results = score_pairs(plan, model, batch_size=batch_size, device=device, resize=resize, spatial=want_maps,
-                              advance=advance)
+    def map_path(ref_file: Path, dist_file: Path) -> Path:
+        if spatial_map is not None:
+            return spatial_map
+        if all_pairs:  # one folder: name the map after both images
+            return spatial_dir / f"{ref_file.stem}__{dist_file.stem}.png"
+        return spatial_dir / ref_file.relative_to(ref).with_suffix(".png")
 
-    if spatial_map is not None:
-        save_heatmap(spatial_map, results[0].spatial_map)
-    if spatial_dir is not None:
-        root = ref if ref.is_dir() else ref.parent
-        for r in results:
-            name = r.ref.relative_to(root).with_suffix("") if not all_pairs else Path(
-                f"{r.ref.stem}__{r.dist.stem}")
-            save_heatmap(spatial_dir / name.with_suffix(".png"), r.spatial_map)
+    sink = None
+    if spatial_map is not None or spatial_dir is not None:
+        sink = lambda ref_file, dist_file, heat: save_heatmap(map_path(ref_file, dist_file), heat)  # noqa: E731
+    with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
+        results = score_pairs(plan, model, batch_size=batch_size, device=device, resize=resize,
+                              on_spatial_map=sink, advance=advance)
     if out is not None:
         write_csv(out, ["ref", "dist", "score"], [(str(r.ref), str(r.dist), f"{r.score:.8f}") for r in results])
 
