@@ -215,6 +215,18 @@ class _ReferenceFeatures:
         return runs
 
 
+def check_store_patch_size(store, spec) -> None:
+    """The store's patches must be large enough for the net (before any patch is read)."""
+    from .models.lpips import nets_accepting
+
+    s, m = int(store.patch_size), spec.min_size
+    if s < m:
+        fits = nets_accepting(s)
+        raise InvalidInputError(f"{store.path}: patches are {s}x{s} pixels, but net '{spec.name}' needs at least "
+                                f"{m}x{m} (rebuild the store with iqa patchify --patch-size {m} or more"
+                                + (f", or use --net {' / '.join(fits)})" if fits else ")"))
+
+
 def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | None = None, device="auto",
                         precision: str = "fp32", num_workers: int | None = None,
                         advance: Advance | None = None) -> np.ndarray:
@@ -222,6 +234,7 @@ def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | Non
 
     Returns a float64 array over the store's distorted rows; rows not scored are NaN.
     """
+    check_store_patch_size(store, metric.spec)
     dev = resolve_device(device)
     batch_size = batch_size or default_batch_size(metric.spec.name)
     rows = range(len(store.stimuli)) if stimulus_rows is None else stimulus_rows

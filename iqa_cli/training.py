@@ -829,6 +829,10 @@ def _train_mos(cfg: TrainConfig, user_seed: int | None, progress: Progress | Non
 
     t0 = time.perf_counter()
     store = _open_store(cfg.store)
+    from .engine import check_store_patch_size
+    from .models.backbones import BACKBONES
+
+    check_store_patch_size(store, BACKBONES[cfg.net])  # before the run folder is created
     stimuli = store.stimuli
     cfg, raw, training = _resume_or_new(cfg, user_seed)
     split = make_split(stimuli, cfg, cfg.seed)  # before anything is written: bad input leaves no folder

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .backbones import Backbone, BackboneSpec
+from .backbones import BACKBONES, Backbone, BackboneSpec
 from .heads import make_head
 
 VERSIONS = ("0.1", "0.0")
@@ -45,10 +45,17 @@ def upsampled_sum(maps: list[torch.Tensor], out_hw: tuple[int, int]) -> torch.Te
     return sum(F.interpolate(m, size=tuple(out_hw), mode="bilinear", align_corners=False) for m in maps)
 
 
+def nets_accepting(side: int) -> list[str]:
+    """The nets whose deepest tap is still at least 1x1 for images of this (smallest) side."""
+    return [name for name, spec in BACKBONES.items() if spec.min_size <= side]
+
+
 def check_input_size(spec: BackboneSpec, hw: tuple[int, int], name: str = "images") -> None:
     if min(hw) < spec.min_size:
+        fits = nets_accepting(min(hw))
+        hint = "use larger images" + (f", or --net {' / '.join(fits)}" if fits else "")
         raise InvalidInputError(f"{name}: {hw[1]}x{hw[0]} pixels, but net '{spec.name}' needs at least "
-                                f"{spec.min_size}x{spec.min_size} pixels (use larger images or --net vgg)")
+                                f"{spec.min_size}x{spec.min_size} pixels ({hint})")
 
 
 class PerceptualDistance(nn.Module):

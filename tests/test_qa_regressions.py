@@ -1,0 +1,48 @@
+"""Regressions found by QA: every bad input ends in one `error: ` line on stderr, the right exit
+code, no traceback and no half-written output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh_fixtures import make_render_db
+
+
+def one_line_error(result, *needles: str, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_db(tmp_path_factory) -> tuple[Path, Path]:
+    """(renders, DB.csv): 2 models x 3 stimuli, 96x96 renders with alpha."""
+    root = tmp_path_factory.mktemp("qa_db")
+    return make_render_db(root, n_models=2, n_stimuli_per_model=3, size=(96, 96))
+
+
+def test_store_patches_smaller_than_the_net_are_one_line(cli, small_db, tmp_path):
+    renders, db = small_db
+    store = tmp_path / "s16.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store, "--patch-size", "16", "--stride", "16").exit_code == 0
+    one_line_error(cli("score-mesh-db", store), "s16.h5", "16x16", "--patch-size 31", "--net vgg")
+    one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", tmp_path / "ck", "--split", "0.5"),
+                   "s16.h5", "--patch-size 31")
+    assert not (tmp_path / "ck" / "run").exists()  # nothing written for a run that cannot start
+
+
+def test_too_small_image_hint_never_suggests_the_net_in_use(cli, tmp_path):
+    from conftest import save_png
+    import numpy as np
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    a, b = save_png(tmp_path / "a.png", img), save_png(tmp_path / "b.png", img)
+    line = one_line_error(cli("score-pair", a, b, "--net", "vgg"), "a.png", "16x16")
+    assert "--net vgg" not in line
