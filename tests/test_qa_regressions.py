@@ -46,3 +46,19 @@ def test_too_small_image_hint_never_suggests_the_net_in_use(cli, tmp_path):
     a, b = save_png(tmp_path / "a.png", img), save_png(tmp_path / "b.png", img)
     line = one_line_error(cli("score-pair", a, b, "--net", "vgg"), "a.png", "16x16")
     assert "--net vgg" not in line
+
+
+@pytest.mark.parametrize("content", ["npz", "complex"])
+def test_judge_file_that_is_not_one_real_number(cli, tmp_path, content):
+    import numpy as np
+
+    from bapps_fixtures import make_bapps_tree
+
+    root = make_bapps_tree(tmp_path / "dataset", {"2afc": ["val/cnn"]}, n=2)
+    judge = root / "2afc" / "val" / "cnn" / "judge" / "000001.npy"
+    if content == "npz":
+        with open(judge, "wb") as fh:
+            np.savez(fh, judge=np.array([0.5]))
+    else:
+        np.save(judge, np.array([0.5 + 0.5j]))
+    one_line_error(cli("eval-bapps", "2afc", root, "--model", "l2"), "000001.npy")

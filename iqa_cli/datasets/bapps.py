@@ -234,7 +234,11 @@ def load_values(paths: tuple[Path, ...] | list[Path], what: str, meaning: str) -
             reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
             raise InvalidInputError(f"{path}: not a readable .npy file ({reason}); re-extract the BAPPS "
                                     f"archive") from None
-        if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
+        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+            arr.close()
+            raise InvalidInputError(f"{path}: an .npz archive, not a .npy file holding one number ({meaning}); "
+                                    f"re-extract the BAPPS archive")
+        if arr.size != 1 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
             raise InvalidInputError(f"{path}: expected one number ({meaning}), found a {arr.dtype} array of shape "
                                     f"{arr.shape}")
         value = float(arr.reshape(-1)[0])
