@@ -62,3 +62,23 @@ def test_judge_file_that_is_not_one_real_number(cli, tmp_path, content):
     else:
         np.save(judge, np.array([0.5 + 0.5j]))
     one_line_error(cli("eval-bapps", "2afc", root, "--model", "l2"), "000001.npy")
+
+
+def _huge_png(path: Path, side: int = 20000) -> Path:
+    """A valid PNG header claiming side x side pixels (over PIL's decompression-bomb limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_over_pils_pixel_limit_is_one_line(cli, tmp_path, examples):
+    big = _huge_png(tmp_path / "big.png")
+    one_line_error(cli("score-pair", big, _huge_png(tmp_path / "big2.png")), "big.png", "too large")
+    one_line_error(cli("score-pair", examples["ex_ref"], big, "--resize"), "big.png", "too large")

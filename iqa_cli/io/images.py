@@ -31,9 +31,17 @@ def _open(path: Path) -> Image.Image:
         img.load()  # decode now so a truncated file fails here, not later in a worker
     except UnidentifiedImageError:
         raise InvalidInputError(f"{path}: not an image PIL can read (expected PNG, JPEG, BMP, TIFF or WebP)") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInputError(f"{path}: damaged or truncated image ({exc}); re-export the file") from None
     return img
+
+
+def _too_large(path: Path, exc: Exception) -> InvalidInputError:
+    """PIL refuses images above Image.MAX_IMAGE_PIXELS (a decompression-bomb guard)."""
+    detail = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+    return InvalidInputError(f"{path}: too large to open ({detail}); downscale or crop the image")
 
 
 def _to_float_rgba(img: Image.Image) -> np.ndarray:
@@ -84,6 +92,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
             return img.height, img.width
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file (check the path)") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
     except (UnidentifiedImageError, OSError):
         raise InvalidInputError(f"{path}: not an image PIL can read") from None
 
