@@ -94,11 +94,12 @@ def imagenet_backbone_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
     try:
         with contextlib.redirect_stderr(chatter):
             return weights.get_state_dict(progress=False, weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+    except Exception as exc:  # URLError is an OSError; torch.load fails on damaged bytes in many ways
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         if cached.is_file():
-            raise WeightsError(f"{cached}: cached backbone weights are unreadable ({exc}); delete the file "
+            raise WeightsError(f"{cached}: cached backbone weights are unreadable ({reason}); delete the file "
                                f"and copy a good one there") from None
-        raise WeightsError(hint + f"; the download failed ({exc})") from None
+        raise WeightsError(hint + f"; the download failed ({reason})") from None
 
 
 def backbone_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -82,3 +82,15 @@ def test_image_over_pils_pixel_limit_is_one_line(cli, tmp_path, examples):
     big = _huge_png(tmp_path / "big.png")
     one_line_error(cli("score-pair", big, _huge_png(tmp_path / "big2.png")), "big.png", "too large")
     one_line_error(cli("score-pair", examples["ex_ref"], big, "--resize"), "big.png", "too large")
+
+
+@pytest.mark.parametrize("content", [b"", b"junk\n", b"\x80\x02garbage"])
+def test_damaged_cached_imagenet_weights_are_one_line(cli, tmp_path, monkeypatch, examples, content):
+    from iqa_cli.models.backbones import BACKBONES
+    from iqa_cli.weights import torchvision_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    cached = torchvision_cache_file(BACKBONES["alex"])
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
+    one_line_error(cli("score-pair", examples["ex_ref"], examples["ex_p0"]), cached.name, "delete the file")
