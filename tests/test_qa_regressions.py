@@ -94,3 +94,26 @@ def test_damaged_cached_imagenet_weights_are_one_line(cli, tmp_path, monkeypatch
     cached.parent.mkdir(parents=True)
     cached.write_bytes(content)
     one_line_error(cli("score-pair", examples["ex_ref"], examples["ex_p0"]), cached.name, "delete the file")
+
+
+def _strict_json(text: str):
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_has_null_not_nan_when_correlation_is_undefined(cli, tmp_path):
+    import shutil
+
+    renders, db = make_render_db(tmp_path, n_models=2, n_stimuli_per_model=3, size=(96, 96))
+    for stim in (renders / "stimuli").iterdir():  # every stimulus identical to its reference: constant scores
+        shutil.copy(renders / "references" / f"{stim.stem.split('_')[0]}.png", stim)
+    store = tmp_path / "same.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    result = cli("score-mesh-db", store, "--json")
+    assert result.exit_code == 0, result.output
+    doc = _strict_json(result.stdout)
+    assert doc["srocc"] is None and doc["plcc"] is None and doc["n"] == 6

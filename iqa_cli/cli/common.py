@@ -30,22 +30,32 @@ BackboneWeightsOpt = typer.Option(None, "--backbone-weights", help="Local backbo
 
 
 def emit_json(document: Any) -> None:
-    """The one JSON document a --json run prints."""
-    sys.stdout.write(json.dumps(document, indent=2, default=_json_default) + "\n")
+    """The one JSON document a --json run prints (strict JSON: NaN and infinities become null)."""
+    sys.stdout.write(json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
+        return _finite(value.item())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def json_float(x: float | None) -> float | None:
-    """NaN is not JSON: report it as null."""
-    if x is None or x != x:
+    """NaN and infinities are not JSON: report them as null."""
+    if x is None or x != x or x in (float("inf"), float("-inf")):
         return None
     return float(x)
 
