@@ -117,3 +117,17 @@ def test_json_has_null_not_nan_when_correlation_is_undefined(cli, tmp_path):
     assert result.exit_code == 0, result.output
     doc = _strict_json(result.stdout)
     assert doc["srocc"] is None and doc["plcc"] is None and doc["n"] == 6
+
+
+@pytest.mark.parametrize("fit", ["glm", "vqeg4"])
+def test_no_python_warnings_on_stderr_for_degenerate_correlations(cli, tmp_path, fit):
+    import shutil
+
+    renders, db = make_render_db(tmp_path, n_models=2, n_stimuli_per_model=3, size=(96, 96))
+    for stim in (renders / "stimuli").iterdir():
+        shutil.copy(renders / "references" / f"{stim.stem.split('_')[0]}.png", stim)
+    store = tmp_path / "same.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    result = cli("score-mesh-db", store, "--json", "--fit", fit)
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr and result.stderr.strip() == "", result.stderr

@@ -6,6 +6,8 @@ fitted values too (equal to the raw ones for an increasing fit) and SROCC on the
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,14 +18,31 @@ from ..errors import InvalidInputError
 FITS = ("glm", "vqeg4")
 
 
+def _quiet(fn):
+    """Undefined statistics (constant input) are NaN and a fit without a covariance estimate is
+    still a fit: neither may print a Python warning on the user's stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            for category in (stats.ConstantInputWarning, stats.NearConstantInputWarning, optimize.OptimizeWarning):
+                warnings.simplefilter("ignore", category)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet
 def plcc(x, y) -> float:
     return float(stats.pearsonr(np.asarray(x, float), np.asarray(y, float))[0])
 
 
+@_quiet
 def srocc(x, y) -> float:
     return float(stats.spearmanr(np.asarray(x, float), np.asarray(y, float))[0])
 
 
+@_quiet
 def krocc(x, y) -> float:
     return float(stats.kendalltau(np.asarray(x, float), np.asarray(y, float))[0])
 
@@ -72,6 +91,7 @@ def fit_glm(scores, mos) -> Fit:
     return Fit("glm", (float(a0 - a1 * s.mean() / scale), float(a1 / scale)))
 
 
+@_quiet
 def fit_vqeg4(scores, mos) -> Fit:
     """The VQEG 4-parameter logistic: (b1 - b2) / (1 + exp(-(s - b3)/|b4|)) + b2."""
     s, y = np.asarray(scores, float), np.asarray(mos, float)
