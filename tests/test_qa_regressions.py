@@ -131,3 +131,18 @@ def test_no_python_warnings_on_stderr_for_degenerate_correlations(cli, tmp_path,
     result = cli("score-mesh-db", store, "--json", "--fit", fit)
     assert result.exit_code == 0, result.output
     assert "Warning" not in result.stderr and result.stderr.strip() == "", result.stderr
+
+
+def test_a_saturating_vqeg4_fit_does_not_inflate_rank_correlations():
+    import numpy as np
+    from scipy import stats
+
+    from iqa_cli.metrics.correlation import correlation_report
+
+    s = np.linspace(0.1, 1.0, 10)
+    mos = np.array([0.3, 0.1, 0.4, 0.2, 0.25, 0.8, 0.7, 0.9, 0.75, 0.85])  # a step: the fit saturates
+    report = correlation_report(s, mos, fit="vqeg4")
+    assert report.srocc == pytest.approx(stats.spearmanr(s, mos)[0])  # a monotonic map keeps the ranks
+    assert report.krocc == pytest.approx(stats.kendalltau(s, mos)[0])
+    flipped = correlation_report(-s, mos, fit="vqeg4")  # decreasing fit: the fitted values rank as MOS does
+    assert flipped.srocc == pytest.approx(report.srocc) and flipped.srocc_raw == pytest.approx(-report.srocc)

@@ -1,7 +1,7 @@
 """Agreement between objective scores and subjective ones: arrays in, floats out.
 
-PLCC and RMSE are computed after a monotonic fit from scores to MOS; SROCC and KROCC on the
-fitted values too (equal to the raw ones for an increasing fit) and SROCC on the raw scores.
+PLCC and RMSE are computed after a monotonic fit from scores to MOS; SROCC and KROCC of the
+fitted values too (the raw ones, sign-flipped for a decreasing fit) and SROCC of the raw scores.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ class Fit:
             return special.expit(b0 + b1 * s)
         b1, b2, b3, b4 = self.params
         return (b1 - b2) * special.expit((s - b3) / abs(b4)) + b2
+
+    @property
+    def direction(self) -> float:
+        """+1 for an increasing mapping, -1 for a decreasing one, 0 for a flat one."""
+        slope = self.params[1] if self.kind == "glm" else self.params[0] - self.params[1]
+        return float(np.sign(slope))
 
 
 def fit_glm(scores, mos) -> Fit:
@@ -145,5 +151,10 @@ def correlation_report(scores, mos, fit: str = "glm") -> CorrelationReport:
         raise InvalidInputError(f"correlation needs at least 3 scored stimuli with MOS, found {len(s)}")
     mapping = fit_mapping(s, y, fit)
     fitted = mapping.predict(s)
-    return CorrelationReport(n=int(len(s)), plcc=plcc(fitted, y), srocc=srocc(fitted, y), krocc=krocc(fitted, y),
-                             rmse=rmse(fitted, y), srocc_raw=srocc(s, y), fit=mapping)
+    # Rank statistics of the fitted values are those of the raw scores (sign-flipped for a decreasing
+    # fit): computed from the raw scores, so a saturating fit (a near-step vqeg4) cannot merge ranks
+    # into ties and inflate them.
+    direction = mapping.direction if mapping.direction != 0 else float("nan")
+    srocc_raw = srocc(s, y)
+    return CorrelationReport(n=int(len(s)), plcc=plcc(fitted, y), srocc=direction * srocc_raw,
+                             krocc=direction * krocc(s, y), rmse=rmse(fitted, y), srocc_raw=srocc_raw, fit=mapping)
