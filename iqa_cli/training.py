@@ -733,6 +733,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 def _resume_or_new(cfg: TrainConfig, user_seed: int | None) -> tuple[TrainConfig, dict | None, dict | None]:
     """Check the run folder (nothing is written yet): a new run must not overwrite one; --resume
     needs a compatible latest.pth. Returns the config to use and, when resuming, the payload."""
+    from .io.files import check_output_path
+
+    check_output_path(cfg.run_dir, "--checkpoints-dir / --name", folder=True)
     latest = cfg.run_dir / "latest.pth"
     if not cfg.resume:
         if latest.exists():

@@ -146,3 +146,37 @@ def test_a_saturating_vqeg4_fit_does_not_inflate_rank_correlations():
     assert report.krocc == pytest.approx(stats.kendalltau(s, mos)[0])
     flipped = correlation_report(-s, mos, fit="vqeg4")  # decreasing fit: the fitted values rank as MOS does
     assert flipped.srocc == pytest.approx(report.srocc) and flipped.srocc_raw == pytest.approx(-report.srocc)
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    """A plain file, used where a folder is needed."""
+    path = tmp_path / "plain.txt"
+    path.write_text("not a folder")
+    return path
+
+
+def test_output_under_a_file_fails_before_any_work(cli, tmp_path, a_file, examples, small_db):
+    from bapps_fixtures import make_bapps_tree
+
+    ref, dist = examples["ex_ref"], examples["ex_p0"]
+    one_line_error(cli("score-pair", ref, dist, "--out", a_file / "x.csv"), "x.csv", "plain.txt is a file", "--out")
+    one_line_error(cli("score-pair", ref, dist, "--spatial-map", a_file / "h.png"), "h.png", "--spatial-map")
+    folders = tmp_path / "f"
+    for side in ("ref", "dist"):
+        (folders / side).mkdir(parents=True)
+        (folders / side / "a.png").write_bytes(ref.read_bytes())
+    one_line_error(cli("score-pair", folders / "ref", folders / "dist", "--spatial-dir", a_file), "plain.txt",
+                   "--spatial-dir")
+    renders, db = small_db
+    store = tmp_path / "s.h5"
+    one_line_error(cli("patchify", renders, "--db", db, "--out", a_file / "s.h5"), "s.h5", "--out")
+    one_line_error(cli("patchify", renders, "--db", db, "--out", store, "--counts-csv", tmp_path), "--counts-csv")
+    assert not store.exists()  # the store is not built when the counts CSV cannot be written
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    one_line_error(cli("score-mesh-db", store, "--out", a_file / "x.csv"), "x.csv", "--out")
+    one_line_error(cli("score-mesh-db", store, "--plot", a_file / "p.png"), "p.png", "--plot")
+    bapps = make_bapps_tree(tmp_path / "dataset", {"2afc": ["val/cnn"]}, n=2)
+    one_line_error(cli("eval-bapps", "2afc", bapps, "--model", "l2", "--out", a_file / "x.csv"), "x.csv", "--out")
+    one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", a_file), "plain.txt", "--checkpoints-dir")
+    assert a_file.read_text() == "not a folder" and not list(tmp_path.glob("**/*.csv"))

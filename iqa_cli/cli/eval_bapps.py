@@ -53,6 +53,10 @@ def _run(mode: str, root: Path, datasets, model, net, version, checkpoint, backb
         raise InvalidInputError(f"{out}: is a folder, expected a CSV file path to write")
     if out is not None and not out.parent.exists():
         raise InvalidInputError(f"{out.parent}: no such folder for --out (create it first)")
+    if out is not None:
+        from ..io.files import check_output_path
+
+        check_output_path(out, "--out")
 
     from ..bapps_eval import eval_bapps
     from ..datasets.bapps import count_items

@@ -44,8 +44,12 @@ def patchify(
     """
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
+    from ..io.files import check_output_path
     from ..io.patches import PatchSpec
 
+    check_output_path(out, "--out")
+    if counts_csv is not None:
+        check_output_path(counts_csv, "--counts-csv")
     if from_patches is not None:
         given = [name for name, value in (("--patch-size", patch_size), ("--stride", stride),
                                           ("--min-foreground", min_foreground), ("--background", background))

@@ -42,7 +42,7 @@ def score_mesh_db(
       iqa score-mesh-db store.h5 --net vgg --json
     """
     from ..errors import InvalidInputError
-    from ..io.files import write_csv
+    from ..io.files import check_output_path, write_csv
     from ..metrics.correlation import FITS
     from ..registry import create_metric
     from ..score_db import open_store, score_mesh_db as run
@@ -52,6 +52,9 @@ def score_mesh_db(
     patch_store = open_store(store)  # validate the store before loading any model
     if plot is not None and not patch_store.has_mos:
         raise InvalidInputError(f"{store}: has no MOS, so there is nothing to plot against (drop --plot)")
+    for target, option in ((out, "--out"), (plot, "--plot")):
+        if target is not None:
+            check_output_path(target, option)
     model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
                           backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
     with progress_bar("scoring", patch_store.n_patches, "patches") as advance:

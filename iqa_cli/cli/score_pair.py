@@ -50,11 +50,12 @@ def score_pair(
         raise InvalidInputError("--spatial-map is for two images: use --spatial-dir DIR with folders")
     if spatial_dir is not None and not plan.folder_mode:
         raise InvalidInputError("--spatial-dir is for folders: use --spatial-map OUT.png with two images")
-    for target in (out, spatial_map):
-        if target is not None and target.exists() and target.is_dir():
-            raise InvalidInputError(f"{target}: is a folder, expected a file path to write")
+    from ..io.files import check_output_path, write_csv
 
-    from ..io.files import write_csv
+    for target, option, folder in ((out, "--out", False), (spatial_map, "--spatial-map", False),
+                                   (spatial_dir, "--spatial-dir", True)):
+        if target is not None:
+            check_output_path(target, option, folder=folder)
     from ..io.images import save_heatmap
     from ..pairs import check_sizes, score_pairs
     from ..registry import create_metric

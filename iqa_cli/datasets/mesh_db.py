@@ -652,11 +652,8 @@ def write_counts_csv(store_path: str | Path, out_csv: str | Path) -> Path:
         n_vp = max(4, int(store.models["n_views"].max()) if len(store.models) else 4)
         counts = np.zeros((len(st), n_vp), dtype=np.int64)
         np.add.at(counts, (idx["stimulus"].astype(np.int64), idx["view"].astype(np.int64)), 1)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["model", "stimulus", "MOS", *(f"nbPatchesVP{v + 1}" for v in range(n_vp))])
-        for i, row in enumerate(st.itertuples(index=False)):
-            mos = "" if not math.isfinite(row.mos) else repr(float(row.mos))
-            w.writerow([row.model, row.stimulus, mos, *counts[i].tolist()])
-    return out_csv
+    from ..io.files import write_csv
+
+    rows = ([row.model, row.stimulus, "" if not math.isfinite(row.mos) else repr(float(row.mos)), *counts[i].tolist()]
+            for i, row in enumerate(st.itertuples(index=False)))
+    return write_csv(out_csv, ["model", "stimulus", "MOS", *(f"nbPatchesVP{v + 1}" for v in range(n_vp))], rows)

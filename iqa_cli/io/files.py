@@ -9,6 +9,29 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 
+def check_output_path(path: str | Path, option: str, folder: bool = False) -> Path:
+    """Fail before any work when ``path`` cannot be written: a file expected but a folder is there
+    (or the reverse, with ``folder``), or a parent that should be a folder is a file, or the nearest
+    existing parent folder is not writable. Missing parent folders are fine: writers create them."""
+    from ..errors import InvalidInputError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{path}: is a file, expected a folder for {option} (choose another path)")
+    if not folder and path.is_dir():
+        raise InvalidInputError(f"{path}: is a folder, expected a file path to write for {option}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidInputError(f"{path}: cannot be written, {parent} is a file, not a folder "
+                                        f"(choose another {option} path)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InvalidInputError(f"{path}: cannot be written, folder {parent} is not writable "
+                                        f"(choose another {option} path)")
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
