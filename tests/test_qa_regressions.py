@@ -180,3 +180,11 @@ def test_output_under_a_file_fails_before_any_work(cli, tmp_path, a_file, exampl
     one_line_error(cli("eval-bapps", "2afc", bapps, "--model", "l2", "--out", a_file / "x.csv"), "x.csv", "--out")
     one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", a_file), "plain.txt", "--checkpoints-dir")
     assert a_file.read_text() == "not a folder" and not list(tmp_path.glob("**/*.csv"))
+
+
+def test_db_csv_errors_name_the_real_file_lines(cli, small_db, tmp_path):
+    renders, _ = small_db
+    db = tmp_path / "DB.csv"
+    # blank lines (2, 3, 5) and a quoted field over two lines (6-7) must not shift the line numbers
+    db.write_text('model,stimulus,MOS\n\n\nm0,m0_s0,0.2\n\nm0,m0_s1,"0.4\n"\nm0,m0_s0,0.3\n')
+    one_line_error(cli("patchify", renders, "--db", db, "--out", tmp_path / "s.h5"), "m0_s0 (lines 4, 8)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -107,11 +108,17 @@ def read_db_csv(path: str | Path, *, require_counts: bool = False) -> DbTable:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInputError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
+    numbered: list[tuple[int, list[str]]] = []  # (file line where the record starts, cells)
     try:
-        records = list(csv.reader(text.splitlines()))
+        reader = csv.reader(io.StringIO(text, newline=""))
+        start = 1
+        for rec in reader:
+            numbered.append((start, rec))
+            start = reader.line_num + 1
     except csv.Error as exc:
         raise InvalidInputError(f"{path}: not a readable CSV ({exc})") from None
-    records = [r for r in records if any(cell.strip() for cell in r)]
+    numbered = [(n, r) for n, r in numbered if any(cell.strip() for cell in r)]  # blank lines do not count
+    records = [r for _, r in numbered]
     if not records:
         raise InvalidInputError(f"{path}: empty CSV; expected a header row model,stimulus[,MOS][,split] and one row "
                                 "per stimulus")
@@ -140,9 +147,8 @@ def read_db_csv(path: str | Path, *, require_counts: bool = False) -> DbTable:
     bad_mos: list[str] = []
     bad_count: list[str] = []
     seen: dict[str, list[int]] = {}
-    for k, rec in enumerate(records[1:], start=2):
+    for line, rec in numbered[1:]:
         cells = [c.strip() for c in rec] + [""] * max(0, len(header) - len(rec))
-        line = k
         model = _check_name(cells[c_model], "model", line, path)
         stim = _check_name(cells[c_stim], "stimulus", line, path)
         seen.setdefault(stim, []).append(line)
