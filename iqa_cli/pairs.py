@@ -76,6 +76,26 @@ def plan_pairs(ref: Path, dist: Path | None = None, all_pairs: bool = False, ski
     return PairPlan([(ref_files[k], dist_files[k]) for k in common], only_ref, only_dist, folder_mode=True)
 
 
+def heatmap_names(plan: PairPlan, root: Path, all_pairs: bool = False) -> list[Path]:
+    """Each pair's heat-map path under --spatial-dir, relative: the pair's relative path with .png
+    (``sub/y.png``), or ``REF__DIST.png`` from the file stems with --all-pairs. Pairs that would
+    share a name (``a.jpg`` and ``a.png``; ``x.png`` in two subfolders) keep their whole relative
+    paths instead (``a.jpg.png``; ``a_x__b_x.png``), so no map overwrites another."""
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    if all_pairs:
+        short = [Path(f"{r.stem}__{d.stem}.png") for r, d in plan.pairs]
+        full = [Path(f"{rel(r).replace('/', '_')}__{rel(d).replace('/', '_')}.png") for r, d in plan.pairs]
+    else:
+        short = [Path(rel(r)).with_suffix(".png") for r, _ in plan.pairs]
+        full = [Path(rel(r) + ".png") for r, _ in plan.pairs]
+    taken: dict[Path, int] = {}
+    for name in short:
+        taken[name] = taken.get(name, 0) + 1
+    return [f if taken[s] > 1 else s for s, f in zip(short, full)]
+
+
 def check_sizes(plan: PairPlan, resize: bool) -> list[tuple[int, int]]:
     """(H, W) each pair is scored at (the reference's); mismatches are errors unless resize."""
     sizes = []

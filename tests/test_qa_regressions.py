@@ -188,3 +188,28 @@ def test_db_csv_errors_name_the_real_file_lines(cli, small_db, tmp_path):
     # blank lines (2, 3, 5) and a quoted field over two lines (6-7) must not shift the line numbers
     db.write_text('model,stimulus,MOS\n\n\nm0,m0_s0,0.2\n\nm0,m0_s1,"0.4\n"\nm0,m0_s0,0.3\n')
     one_line_error(cli("patchify", renders, "--db", db, "--out", tmp_path / "s.h5"), "m0_s0 (lines 4, 8)")
+
+
+def test_spatial_dir_never_overwrites_one_heat_map_with_another(cli, tmp_path, examples):
+    from PIL import Image
+
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    for side, src in ((ref, "ex_ref"), (dist, "ex_p0")):
+        side.mkdir()
+        img = Image.open(examples[src]).convert("RGB")
+        img.save(side / "a.png")
+        img.save(side / "a.bmp")  # same stem, other format
+        img.save(side / "b.png")
+    result = cli("score-pair", ref, dist, "--spatial-dir", tmp_path / "maps")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*.png"))
+    assert written == ["a.bmp.png", "a.png.png", "b.png"]
+
+    frames = tmp_path / "frames"
+    for sub in ("x", "y"):
+        (frames / sub).mkdir(parents=True)
+        (frames / sub / "f.png").write_bytes(examples["ex_ref"].read_bytes())
+    (frames / "g.png").write_bytes(examples["ex_p1"].read_bytes())
+    result = cli("score-pair", frames, "--all-pairs", "--spatial-dir", tmp_path / "pairs")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "pairs").glob("*.png"))) == 3  # one map per pair (was 2: f__g.png twice)

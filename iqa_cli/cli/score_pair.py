@@ -57,18 +57,17 @@ def score_pair(
         if target is not None:
             check_output_path(target, option, folder=folder)
     from ..io.images import save_heatmap
-    from ..pairs import check_sizes, score_pairs
+    from ..pairs import check_sizes, heatmap_names, score_pairs
     from ..registry import create_metric
 
     check_sizes(plan, resize)  # fail on size mismatches before loading any model
+    map_names = dict(zip(plan.pairs, heatmap_names(plan, ref, all_pairs))) if spatial_dir is not None else {}
     model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
                           backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
     def map_path(ref_file: Path, dist_file: Path) -> Path:
         if spatial_map is not None:
             return spatial_map
-        if all_pairs:  # one folder: name the map after both images
-            return spatial_dir / f"{ref_file.stem}__{dist_file.stem}.png"
-        return spatial_dir / ref_file.relative_to(ref).with_suffix(".png")
+        return spatial_dir / map_names[(ref_file, dist_file)]
 
     sink = None
     if spatial_map is not None or spatial_dir is not None:
