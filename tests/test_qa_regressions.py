@@ -213,3 +213,19 @@ def test_spatial_dir_never_overwrites_one_heat_map_with_another(cli, tmp_path, e
     result = cli("score-pair", frames, "--all-pairs", "--spatial-dir", tmp_path / "pairs")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "pairs").glob("*.png"))) == 3  # one map per pair (was 2: f__g.png twice)
+
+
+def test_score_pair_loads_a_trained_graphics_checkpoint_with_just_checkpoint(cli, tmp_path, examples):
+    import json
+
+    from iqa_cli.models.backbones import BACKBONES
+    from iqa_cli.models.lpips import PerceptualDistance
+    from iqa_cli.weights import save_checkpoint
+
+    model = PerceptualDistance(BACKBONES["alex"], head_type="graphics")
+    path = save_checkpoint(tmp_path / "run" / "latest.pth", model, net="alex", version="0.1", head_type="graphics")
+    result = cli("score-pair", examples["ex_ref"], examples["ex_p0"], "--checkpoint", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metric"] == "graphics-lpips"
+    result = cli("score-pair", examples["ex_ref"], examples["ex_p0"], "--json")  # no checkpoint: still lpips
+    assert json.loads(result.stdout)["metric"] == "lpips"

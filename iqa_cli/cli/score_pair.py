@@ -14,7 +14,8 @@ from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetO
 def score_pair(
     ref: Path = typer.Argument(..., help="Reference image, or a folder of them."),
     dist: Optional[Path] = typer.Argument(None, help="Distorted image, or a folder matched to REF by relative path."),
-    metric: str = typer.Option("lpips", "--metric", help="lpips | graphics-lpips | baseline"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="lpips | graphics-lpips | baseline "
+                                         "(default: what --checkpoint holds, else lpips)."),
     net: Optional[str] = NetOpt,
     version: Optional[str] = VersionOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
