@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,13 +55,32 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
 def read_state_file(path: str | Path) -> Any:
     """torch.load with weights_only=True, turning every failure into one clear WeightsError."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, expected a weights file (give the path of the .pth file)")
     if not path.is_file():
         raise WeightsError(f"{path}: no such file (check the path)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on foreign bytes (KeyError, EOFError, ...)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a PyTorch checkpoint that can be loaded safely ({first_line[:120]})") from None
+        raise WeightsError(_unloadable(path, exc)) from None
+
+
+def _unloadable(path: Path, exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused ``path``, in one line with the fix."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return f"{path}: empty file, not a PyTorch checkpoint (copy the file again)"
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # neither torch.save's zip nor a pickle
+        return (f"{path}: not a PyTorch checkpoint (no torch.save data in it; expected a .pth/.pt weights file, "
+                f"check the path)")
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", text)
+    if unsafe:
+        return (f"{path}: not a PyTorch checkpoint that can be loaded safely: it holds Python objects ({unsafe.group(1)}), "
+                f"not only tensors (re-save its state_dict() with torch.save)")
+    first_line = text.strip().splitlines()[0].split(". ")[0][:120] if text.strip() else type(exc).__name__
+    return f"{path}: not a PyTorch checkpoint that can be loaded safely (damaged: {first_line}); copy the file again"
 
 
 # -- backbones ---------------------------------------------------------------------------------

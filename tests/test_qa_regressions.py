@@ -229,3 +229,20 @@ def test_score_pair_loads_a_trained_graphics_checkpoint_with_just_checkpoint(cli
     assert json.loads(result.stdout)["metric"] == "graphics-lpips"
     result = cli("score-pair", examples["ex_ref"], examples["ex_p0"], "--json")  # no checkpoint: still lpips
     assert json.loads(result.stdout)["metric"] == "lpips"
+
+
+def test_checkpoint_that_is_not_a_weights_file_names_the_problem(cli, tmp_path, examples):
+    import h5py
+    import numpy as np
+
+    ref, dist = examples["ex_ref"], examples["ex_p0"]
+    h5 = tmp_path / "store.h5"
+    with h5py.File(h5, "w") as f:
+        f["x"] = np.arange(3)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path, needle in ((ref, "no torch.save data"), (h5, "no torch.save data"), (empty, "empty file"),
+                         (tmp_path, "is a folder")):
+        line = one_line_error(cli("score-pair", ref, dist, "--checkpoint", path), path.name, needle)
+        assert "PyTorch 2.6" not in line  # no truncated torch.load advice
+    one_line_error(cli("score-pair", ref, dist, "--backbone-weights", tmp_path), "is a folder")
