@@ -74,7 +74,13 @@ def create_metric(name: str | None = "lpips", net: str | None = None, version: s
                                backbone=Backbone(spec))
     if ckpt is not None:
         source = f"{ckpt.path} (for net '{ckpt.net}')"
-        load_strict(model.heads_module(), ckpt.head_state, source=source)
+        try:
+            load_strict(model.heads_module(), ckpt.head_state, source=source)
+        except WeightsError as exc:
+            if ckpt.net in ("unknown", net_name):
+                raise
+            raise WeightsError(f"{ckpt.path} holds heads for net '{ckpt.net}' but net '{net_name}' was asked for: "
+                               f"drop --net or pass --net {ckpt.net} ({exc})") from None
         if ckpt.backbone_state is not None:
             load_strict(model.net, ckpt.backbone_state, source=f"{ckpt.path} backbone")
         else:

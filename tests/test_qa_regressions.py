@@ -246,3 +246,14 @@ def test_checkpoint_that_is_not_a_weights_file_names_the_problem(cli, tmp_path, 
         line = one_line_error(cli("score-pair", ref, dist, "--checkpoint", path), path.name, needle)
         assert "PyTorch 2.6" not in line  # no truncated torch.load advice
     one_line_error(cli("score-pair", ref, dist, "--backbone-weights", tmp_path), "is a folder")
+
+
+def test_checkpoint_with_the_wrong_net_says_which_net_to_use(cli, tmp_path, examples):
+    from iqa_cli.models.backbones import BACKBONES
+    from iqa_cli.models.lpips import PerceptualDistance
+    from iqa_cli.weights import save_checkpoint
+
+    model = PerceptualDistance(BACKBONES["alex"], head_type="graphics")
+    path = save_checkpoint(tmp_path / "latest.pth", model, net="alex", version="0.1", head_type="graphics")
+    one_line_error(cli("score-pair", examples["ex_ref"], examples["ex_p0"], "--checkpoint", path, "--net", "vgg"),
+                   "latest.pth", "pass --net alex")
