@@ -257,3 +257,21 @@ def test_checkpoint_with_the_wrong_net_says_which_net_to_use(cli, tmp_path, exam
     path = save_checkpoint(tmp_path / "latest.pth", model, net="alex", version="0.1", head_type="graphics")
     one_line_error(cli("score-pair", examples["ex_ref"], examples["ex_p0"], "--checkpoint", path, "--net", "vgg"),
                    "latest.pth", "pass --net alex")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["score-pair", "a.png", "b.png", "--batch-size", "0"], "--batch-size"),
+    (["--bogus"], "--bogus"),
+    (["nope"], "nope"),
+    (["patchify", "renders"], "--db"),
+    (["eval-bapps", "2afc", "dataset", "--limit", "0"], "--limit"),
+    (["train", "--name"], "--name"),
+])
+def test_usage_errors_are_one_line_with_exit_code_2(cli, args, needle):
+    line = one_line_error(cli(*args), needle, code=2)
+    assert "--help" in line
+
+
+def test_no_arguments_still_shows_help(cli):
+    result = cli("eval-bapps")
+    assert "Usage" in result.output and "2afc" in result.output

@@ -5,13 +5,36 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from ..errors import IQAError
 
 
+def _usage_error(exc, fallback: str = "iqa") -> typer.Exit:
+    """A usage error (unknown option, bad option value, missing argument) as one red line, exit 2;
+    the no-arguments help screen is not an error and is shown as typer shows it."""
+    from rich.text import Text
+
+    from .common import err_console
+
+    if isinstance(exc, NoArgsIsHelpError):
+        raise exc
+    where = exc.ctx.command_path if exc.ctx is not None else fallback
+    message = exc.format_message().rstrip(".")
+    err_console.print(Text("error: ", style="bold red") + Text(f"{message} (see '{where} --help')"))
+    return typer.Exit(exc.exit_code)
+
+
 class IQAGroup(TyperGroup):
-    """Turns every IQAError (and OS-level failures) into one red line on stderr and exit 1."""
+    """Turns every IQAError (and OS-level failures) into one red line on stderr and exit 1, and every
+    usage error into one red line and exit 2."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as exc:  # iqa --bogus
+            raise _usage_error(exc) from None
 
     def invoke(self, ctx):
         from rich.text import Text
@@ -20,6 +43,9 @@ class IQAGroup(TyperGroup):
 
         try:
             return super().invoke(ctx)
+        except UsageError as exc:  # a command's options and arguments, or an unknown command
+            sub = ctx.invoked_subcommand
+            raise _usage_error(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
         except IQAError as exc:
             err_console.print(Text("error: ", style="bold red") + Text(str(exc)))
             raise typer.Exit(1) from None
