@@ -275,3 +275,11 @@ def test_usage_errors_are_one_line_with_exit_code_2(cli, args, needle):
 def test_no_arguments_still_shows_help(cli):
     result = cli("eval-bapps")
     assert "Usage" in result.output and "2afc" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["score-pair"], ["patchify"], ["score-mesh-db"], ["train"], ["eval-bapps"],
+                                     ["eval-bapps", "2afc"], ["eval-bapps", "jnd"], ["eval-jnd"]])
+def test_every_help_page_teaches_with_examples(cli, command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Examples:" in result.stdout and f"iqa {' '.join(command)}".strip() in result.stdout

@@ -61,7 +61,14 @@ app = typer.Typer(
     name="iqa",
     cls=IQAGroup,
     help="Perceptual image quality: LPIPS and Graphics-LPIPS distances, mesh-quality databases, "
-         "BAPPS benchmark protocols and training.",
+         "BAPPS benchmark protocols and training.\n\n"
+         "\b\nExamples:\n"
+         "  iqa score-pair ref.png dist.png --net alex\n"
+         "  iqa patchify renders/ --db DB.csv --out store.h5\n"
+         "  iqa score-mesh-db store.h5 --checkpoint graphics_lpips.pth --out scores.csv\n"
+         "  iqa train store.h5 --name demo --nepoch 5 --nepoch_decay 5\n"
+         "  iqa eval-bapps 2afc dataset/ --model l2\n\n"
+         "'iqa COMMAND --help' shows a command's options and more examples.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -19,7 +19,10 @@ class MultiValueCommand(MultiValueOptionsCommand):
 
 
 app = typer.Typer(
-    help="BAPPS benchmark protocols (the LPIPS paper's 2AFC and JND tests) over a BAPPS 'dataset' folder.",
+    help="BAPPS benchmark protocols (the LPIPS paper's 2AFC and JND tests) over a BAPPS 'dataset' folder.\n\n"
+         "\b\nExamples:\n"
+         "  iqa eval-bapps 2afc dataset/ --datasets val/traditional val/cnn\n"
+         "  iqa eval-bapps jnd dataset/ --model ssim --json",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

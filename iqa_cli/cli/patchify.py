@@ -41,6 +41,12 @@ def patchify(
     A tile is kept where the reference render is at least --min-foreground object (alpha, else not background).
 
     The same tiles are cut from every distorted render. Re-running on unchanged sources does nothing.
+
+    \b
+    Examples:
+      iqa patchify renders/ --db DB.csv --out store.h5 --counts-csv counts.csv
+      iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 --stride 32 --background 255,255,255
+      iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
     """
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
