@@ -737,6 +737,8 @@ def _resume_or_new(cfg: TrainConfig, user_seed: int | None) -> tuple[TrainConfig
 
     check_output_path(cfg.run_dir, "--checkpoints-dir / --name", folder=True)
     latest = cfg.run_dir / "latest.pth"
+    if latest.is_dir():
+        raise InvalidInputError(f"{latest}: is a folder, not a checkpoint; move it away, or choose another --name")
     if not cfg.resume:
         if latest.exists():
             raise InvalidInputError(f"{cfg.run_dir} already holds a run: pass --resume to continue it, or choose "

@@ -283,3 +283,13 @@ def test_every_help_page_teaches_with_examples(cli, command):
     result = cli(*command, "--help")
     assert result.exit_code == 0, result.output
     assert "Examples:" in result.stdout and f"iqa {' '.join(command)}".strip() in result.stdout
+
+
+def test_a_folder_named_latest_pth_does_not_send_the_user_in_circles(cli, small_db, tmp_path):
+    renders, db = small_db
+    store = tmp_path / "s.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    (tmp_path / "ck" / "run" / "latest.pth").mkdir(parents=True)
+    for extra in ([], ["--resume"]):  # was: "drop --resume" with it, "pass --resume" without
+        one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", tmp_path / "ck", *extra),
+                       "latest.pth: is a folder")
