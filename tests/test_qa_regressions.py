@@ -293,3 +293,26 @@ def test_a_folder_named_latest_pth_does_not_send_the_user_in_circles(cli, small_
     for extra in ([], ["--resume"]):  # was: "drop --resume" with it, "pass --resume" without
         one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", tmp_path / "ck", *extra),
                        "latest.pth: is a folder")
+
+
+@pytest.mark.parametrize("damage", ["first", "names", "ref"])
+def test_store_with_broken_tables_is_refused_at_open(cli, small_db, tmp_path, damage):
+    import h5py
+    import numpy as np
+
+    renders, db = small_db
+    store = tmp_path / "s.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    with h5py.File(store, "a") as f:  # a store another program "fixed": attributes fine, tables not
+        if damage == "first":
+            first = f["stimuli/first"][()]
+            first[-1] = 10 ** 6
+            f["stimuli/first"][...] = first
+        elif damage == "names":
+            del f["stimuli/model"]
+            f["stimuli/model"] = np.arange(f["stimuli/mos"].shape[0])
+        else:
+            refs = f["patch_index/ref"][()]
+            refs[0] = 10 ** 6
+            f["patch_index/ref"][...] = refs
+    one_line_error(cli("score-mesh-db", store), "s.h5", "inconsistent patch store", "--force")

@@ -343,6 +343,9 @@ class PatchStore:
                 bad += [f"models/{c}" for c in MODELS_COLUMNS if f[f"models/{c}"].shape != km]
                 if bad:
                     raise StoreError(f"{path}: inconsistent patch store (bad shape of {', '.join(bad[:5])}); {rebuild}")
+                bad = _table_problems(f, n, m)
+                if bad:
+                    raise StoreError(f"{path}: inconsistent patch store (bad {', '.join(bad[:5])}); {rebuild}")
         except StoreError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -485,6 +488,29 @@ class PatchStore:
         start, stop = self._range(start, stop, self.n_patches)
         g = self._h5()["patch_index"]
         return {c: g[c][start:stop] for c in INDEX_COLUMNS}
+
+
+def _table_problems(f: h5py.File, n: int, m: int) -> list[str]:
+    """Values that would make later reads fail: name columns that are not strings, and rows that
+    point outside /distorted, /reference or /models (checked in blocks: memory stays flat)."""
+    problems = [name for name in ("stimuli/model", "stimuli/stimulus", "stimuli/split", "stimuli/flag", "models/name")
+                if h5py.check_string_dtype(f[name].dtype) is None]
+    first, count = f["stimuli/first"][()], f["stimuli/count"][()]
+    if len(first) and (first.min() < 0 or count.min() < 0 or (first + count).max() > n):
+        problems.append("stimuli/first, count (rows outside /distorted)")
+    index = f["stimuli/model_index"][()]
+    if len(index) and (index.min() < 0 or index.max() >= f["models/name"].shape[0]):
+        problems.append("stimuli/model_index (rows outside /models)")
+    ref_first, ref_count = f["models/ref_first"][()], f["models/ref_count"][()]
+    if len(ref_first) and (ref_first.min() < 0 or ref_count.min() < 0 or (ref_first + ref_count).max() > m):
+        problems.append("models/ref_first, ref_count (rows outside /reference)")
+    refs = f["patch_index/ref"]
+    for start in range(0, n, 1 << 20):
+        block = refs[start:start + (1 << 20)]
+        if block.min() < 0 or block.max() >= m:
+            problems.append("patch_index/ref (rows outside /reference)")
+            break
+    return problems
 
 
 def _read_str(ds) -> np.ndarray:
