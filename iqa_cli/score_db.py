@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import InvalidInputError
 from .metrics.correlation import CorrelationReport, correlation_report
 
 
@@ -86,6 +87,12 @@ def score_mesh_db(store, metric, batch_size: int | None = None, device="auto", p
     """Score every stimulus; with MOS in the store, correlate after a ``fit`` ('glm' or 'vqeg4')."""
     store = open_store(store)
     table = store.stimuli
+    known = table["mos"].to_numpy(dtype=float)
+    known = known[np.isfinite(known)]
+    if fit == "glm" and len(known) and (known.min() < 0 or known.max() > 1):  # before any patch is scored
+        raise InvalidInputError(f"{store.path}: MOS run from {known.min():g} to {known.max():g}, but the binomial "
+                                f"GLM fit (--fit glm, the default) needs MOS in [0, 1]: use --fit vqeg4, or rescale "
+                                f"the MOS column of the database CSV to [0, 1] and run iqa patchify again")
     scores = stimulus_scores(store, metric, None, batch_size=batch_size, device=device, precision=precision,
                              num_workers=num_workers, advance=advance)
     rows = [StimulusScore(str(m), str(s), float(sc), int(c), float(mos), str(sp), str(fl))

@@ -316,3 +316,22 @@ def test_store_with_broken_tables_is_refused_at_open(cli, small_db, tmp_path, da
             refs[0] = 10 ** 6
             f["patch_index/ref"][...] = refs
     one_line_error(cli("score-mesh-db", store), "s.h5", "inconsistent patch store", "--force")
+
+
+def test_mos_outside_the_glm_range_names_the_store_before_scoring(cli, tmp_path, monkeypatch):
+    import csv
+
+    renders, db = make_render_db(tmp_path, n_models=2, n_stimuli_per_model=3, size=(96, 96))
+    rows = list(csv.reader(open(db, newline="")))
+    with open(db, "w", newline="") as fh:  # a 1..5 MOS scale
+        csv.writer(fh).writerows([rows[0]] + [[m, s, str(1 + 4 * float(v))] for m, s, v in rows[1:]])
+    store = tmp_path / "s.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+
+    import iqa_cli.engine as engine
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("patches were scored before the MOS range was checked")
+
+    monkeypatch.setattr(engine, "score_store_patches", no_scoring)
+    one_line_error(cli("score-mesh-db", store), "s.h5", "--fit vqeg4")
