@@ -372,8 +372,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     seed = cfg.seed
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2 ** 31))
-    elif not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInputError(f"--seed must be a non-negative integer, got {seed}")
+    elif not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:  # torch seeds are 64-bit
+        raise InvalidInputError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
     if cfg.mode == "mos":
         if cfg.loss not in LOSSES:
             raise InvalidInputError(f"--loss {cfg.loss}: choose one of {', '.join(LOSSES)}")

@@ -335,3 +335,12 @@ def test_mos_outside_the_glm_range_names_the_store_before_scoring(cli, tmp_path,
 
     monkeypatch.setattr(engine, "score_store_patches", no_scoring)
     one_line_error(cli("score-mesh-db", store), "s.h5", "--fit vqeg4")
+
+
+def test_a_seed_too_large_for_torch_is_one_line_and_writes_nothing(cli, small_db, tmp_path):
+    renders, db = small_db
+    store = tmp_path / "s.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", tmp_path / "ck", "--split", "0.5",
+                       "--seed", str(2 ** 64)), "--seed")
+    assert not (tmp_path / "ck").exists()
