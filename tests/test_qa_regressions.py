@@ -344,3 +344,16 @@ def test_a_seed_too_large_for_torch_is_one_line_and_writes_nothing(cli, small_db
     one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", tmp_path / "ck", "--split", "0.5",
                        "--seed", str(2 ** 64)), "--seed")
     assert not (tmp_path / "ck").exists()
+
+
+def test_counts_csv_never_overwrites_the_database_csv_or_the_store(cli, small_db, tmp_path):
+    import shutil
+
+    renders, db = small_db
+    mine = Path(shutil.copy(db, tmp_path / "DB.csv"))
+    before = mine.read_bytes()
+    store = tmp_path / "s.h5"
+    one_line_error(cli("patchify", renders, "--db", mine, "--out", store, "--counts-csv", mine), "--db")
+    assert mine.read_bytes() == before and not store.exists()
+    one_line_error(cli("patchify", renders, "--db", mine, "--out", store, "--counts-csv", store), "--out")
+    assert not store.exists()

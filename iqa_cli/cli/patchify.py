@@ -56,6 +56,10 @@ def patchify(
     check_output_path(out, "--out")
     if counts_csv is not None:
         check_output_path(counts_csv, "--counts-csv")
+        for other, option in ((db, "--db"), (out, "--out")):
+            if counts_csv.resolve() == other.resolve():
+                raise InvalidInputError(f"{counts_csv}: --counts-csv names the same file as {option}, which it would "
+                                        f"overwrite; choose another path, e.g. counts.csv")
     if from_patches is not None:
         given = [name for name, value in (("--patch-size", patch_size), ("--stride", stride),
                                           ("--min-foreground", min_foreground), ("--background", background))
