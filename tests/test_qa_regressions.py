@@ -357,3 +357,26 @@ def test_counts_csv_never_overwrites_the_database_csv_or_the_store(cli, small_db
     assert mine.read_bytes() == before and not store.exists()
     one_line_error(cli("patchify", renders, "--db", mine, "--out", store, "--counts-csv", store), "--out")
     assert not store.exists()
+
+
+def test_outputs_never_overwrite_the_inputs(cli, tmp_path, examples, small_db):
+    ref, dist = examples["ex_ref"], examples["ex_p0"]
+    before = dist.read_bytes()
+    one_line_error(cli("score-pair", ref, dist, "--spatial-map", dist), "--spatial-map", "input")
+    one_line_error(cli("score-pair", ref, dist, "--out", ref), "--out", "input")
+    folders = {}
+    for side, src in (("ref", ref), ("dist", dist)):
+        folders[side] = tmp_path / side
+        folders[side].mkdir()
+        (folders[side] / "a.png").write_bytes(src.read_bytes())
+    one_line_error(cli("score-pair", folders["ref"], folders["dist"], "--spatial-dir", folders["dist"]),
+                   "--spatial-dir", "input")
+    one_line_error(cli("score-pair", folders["ref"], folders["dist"], "--spatial-dir", folders["ref"] / "maps"),
+                   "--spatial-dir", "inside the input folder")
+    assert dist.read_bytes() == before and (folders["dist"] / "a.png").read_bytes() == before
+    renders, db = small_db
+    store = tmp_path / "s.h5"
+    assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
+    one_line_error(cli("score-mesh-db", store, "--out", store), "--out", "input")
+    one_line_error(cli("score-mesh-db", store, "--plot", store), "--plot", "input")
+    assert cli("score-mesh-db", store, "--json").exit_code == 0  # the store is intact

@@ -54,7 +54,7 @@ def score_mesh_db(
         raise InvalidInputError(f"{store}: has no MOS, so there is nothing to plot against (drop --plot)")
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None:
-            check_output_path(target, option)
+            check_output_path(target, option, inputs=[store])
     model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
                           backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
     with progress_bar("scoring", patch_store.n_patches, "patches") as advance:

@@ -9,13 +9,25 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 
-def check_output_path(path: str | Path, option: str, folder: bool = False) -> Path:
+def check_output_path(path: str | Path, option: str, folder: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Fail before any work when ``path`` cannot be written: a file expected but a folder is there
     (or the reverse, with ``folder``), or a parent that should be a folder is a file, or the nearest
-    existing parent folder is not writable. Missing parent folders are fine: writers create them."""
+    existing parent folder is not writable. Missing parent folders are fine: writers create them.
+
+    ``inputs`` are the files and folders the command reads: an output may not be one of them, and
+    an output folder may not be, or lie inside, an input folder (its files would replace the inputs)."""
     from ..errors import InvalidInputError
 
     path = Path(path)
+    target = path.resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if target == src:
+            raise InvalidInputError(f"{path}: {option} would write over the input {source}; choose an output path "
+                                    "outside the inputs")
+        if folder and src.is_dir() and src in target.parents:
+            raise InvalidInputError(f"{path}: {option} lies inside the input folder {source}, so its files would mix "
+                                    "with the inputs; choose a folder outside the inputs")
     if folder and path.exists() and not path.is_dir():
         raise InvalidInputError(f"{path}: is a file, expected a folder for {option} (choose another path)")
     if not folder and path.is_dir():
