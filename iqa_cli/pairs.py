@@ -119,8 +119,8 @@ MapSink = Callable[[Path, Path, np.ndarray], None]
 
 
 def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "auto", resize: bool = False,
-                on_spatial_map: MapSink | None = None, advance: Callable[[int], None] | None = None
-                ) -> list[PairScore]:
+                on_spatial_map: MapSink | None = None, advance: Callable[[int], None] | None = None,
+                sizes: list[tuple[int, int]] | None = None) -> list[PairScore]:
     """Distances for every planned pair, batched by image size, in the plan's order.
 
     ``on_spatial_map(ref, dist, map)`` receives each pair's (H, W) distance map as soon as its
@@ -134,7 +134,7 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
     from .models.lpips import check_input_size
 
     dev = resolve_device(device)
-    sizes = check_sizes(plan, resize)
+    sizes = sizes if sizes is not None else check_sizes(plan, resize)  # callers that checked early pass them
     for (ref, _), hw in zip(plan.pairs, sizes):
         check_input_size(metric.spec, hw, name=str(ref))
     by_size: dict[tuple[int, int], list[int]] = {}

@@ -9,6 +9,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from ..errors import IQAError
+from .common import TYPER_SETTINGS
 
 
 def _usage_error(exc, fallback: str = "iqa") -> typer.Exit:
@@ -69,10 +70,7 @@ app = typer.Typer(
          "  iqa train store.h5 --name demo --nepoch 5 --nepoch_decay 5\n"
          "  iqa eval-bapps 2afc dataset/ --model l2\n\n"
          "'iqa COMMAND --help' shows a command's options and more examples.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **TYPER_SETTINGS,
 )
 
 

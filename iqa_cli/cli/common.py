@@ -17,6 +17,10 @@ from rich.text import Text
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# Settings of every Typer app (the root and its sub-command groups).
+TYPER_SETTINGS = dict(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+
 # -- options shared by every command (same name, same meaning) ----------------------------------
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K", show_default=True)
 BatchSizeOpt = typer.Option(64, "--batch-size", min=1, help="Images or patch pairs per forward pass.")

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, NetOpt,
-                     VersionOpt, emit_json, err_console, progress_bar, resolve_backbone_weights)
+from .common import (TYPER_SETTINGS, BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand,
+                     NetOpt, VersionOpt, emit_json, err_console, progress_bar, resolve_backbone_weights)
 
 
 class MultiValueCommand(MultiValueOptionsCommand):
@@ -23,10 +23,7 @@ app = typer.Typer(
          "\b\nExamples:\n"
          "  iqa eval-bapps 2afc dataset/ --datasets val/traditional val/cnn\n"
          "  iqa eval-bapps jnd dataset/ --model ssim --json",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **TYPER_SETTINGS,
 )
 
 RootArg = typer.Argument(..., help="The BAPPS 'dataset' folder, holding 2afc/ and jnd/ (see docs/bapps.md).",

@@ -63,7 +63,7 @@ def score_pair(
     from ..pairs import check_sizes, heatmap_names, score_pairs
     from ..registry import create_metric
 
-    check_sizes(plan, resize)  # fail on size mismatches before loading any model
+    sizes = check_sizes(plan, resize)  # fail on size mismatches before loading any model
     map_names = dict(zip(plan.pairs, heatmap_names(plan, ref, all_pairs))) if spatial_dir is not None else {}
     model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
                           backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
@@ -77,7 +77,7 @@ def score_pair(
         sink = lambda ref_file, dist_file, heat: save_heatmap(map_path(ref_file, dist_file), heat)  # noqa: E731
     with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
         results = score_pairs(plan, model, batch_size=batch_size, device=device, resize=resize,
-                              on_spatial_map=sink, advance=advance)
+                              on_spatial_map=sink, advance=advance, sizes=sizes)
     if out is not None:
         write_csv(out, ["ref", "dist", "score"], [(str(r.ref), str(r.dist), f"{r.score:.8f}") for r in results])
 

@@ -8,8 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, emit_json, err_console,
-                     json_float, progress_bar)
+from .common import BackboneWeightsOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, emit_json, err_console, progress_bar
 
 
 class TrainCommand(MultiValueOptionsCommand):
@@ -123,7 +122,7 @@ def train(
         raise typer.Exit(130) from None
 
     if as_json:
-        emit_json(_json_result(result))
+        emit_json(result.to_dict())
         return
     _print_summary(result)
 
@@ -174,20 +173,6 @@ def _epoch_line(row: dict, total: int) -> str:
     if row.get("units_per_s") is not None:
         parts.append(f"({row['units_per_s']:.1f}/s)")
     return "  ".join(parts)
-
-
-def _clean(value):
-    if isinstance(value, float):
-        return json_float(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _json_result(result) -> dict:
-    return _clean(result.to_dict())
 
 
 def _print_summary(result) -> None:
