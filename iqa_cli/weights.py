@@ -110,9 +110,11 @@ def imagenet_backbone_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
             f"or pass --backbone-weights PATH)")
     if not cached.is_file() and offline:
         raise WeightsError(hint + f"; {OFFLINE_ENV} is set, so no download was tried")
-    chatter = io.StringIO()  # torch.hub announces downloads on stderr; keep the CLI's output to one line
+    # torch.hub announces a download on stdout, which would corrupt a --json document; the library
+    # never prints, so its chatter is swallowed on both streams.
+    chatter = io.StringIO()
     try:
-        with contextlib.redirect_stderr(chatter):
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             return weights.get_state_dict(progress=False, weights_only=True)
     except Exception as exc:  # URLError is an OSError; torch.load fails on damaged bytes in many ways
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__

@@ -132,3 +132,26 @@ def test_own_checkpoint_round_trip(tmp_path):
     loaded = create_metric("lpips", checkpoint=path)
     assert loaded.version == "0.0"
     torch.testing.assert_close(loaded.lin2.model[1].weight, metric.lin2.model[1].weight)
+
+
+def test_download_attempt_never_writes_to_stdout(cli, examples, empty_torch_home, monkeypatch):
+    """torch.hub prints 'Downloading: ...' on stdout; a --json run must still print only JSON (here: nothing)."""
+    import sys
+    import urllib.error
+
+    import iqa_cli.weights as weights
+
+    class ChattyOfflineWeights:
+        url = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+
+        def get_state_dict(self, **kwargs):
+            sys.stdout.write(f'Downloading: "{self.url}" to somewhere\n')
+            raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.delenv("IQA_OFFLINE")
+    monkeypatch.setattr(weights, "torchvision_weights_enum", lambda spec: ChattyOfflineWeights())
+    result = cli("score-pair", examples["ex_ref"], examples["ex_p0"], "--json")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the download failed" in lines[0] and "alexnet-owt-7be5be79.pth" in lines[0]
