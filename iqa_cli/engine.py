@@ -8,7 +8,10 @@ copy moves a quarter of the bytes float32 would.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+import platform
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -58,10 +61,38 @@ def default_num_workers(device: torch.device) -> int:
     return 0 if cpus <= 4 else min(4, cpus // 4)
 
 
+# glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+KEEP_HEAP_ENV = "IQA_MALLOC_DEFAULTS"  # set to 1 to leave glibc's malloc settings alone
+
+
+@functools.cache
+def retain_freed_host_memory() -> bool:
+    """Let freed batch buffers stay in the process heap for the next batch (glibc only, once).
+
+    By default glibc hands a large freed block back to the kernel as soon as the free space at
+    the top of the heap passes its trim threshold, so every batch faults the same pages in again,
+    zero-filled: about 45,000 page faults per 1,500 alex patches, ~8% of a CPU scoring run.
+    Fixed thresholds (what MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set at start-up) make
+    the heap keep them; peak memory is unchanged, the heap just does not shrink between batches.
+    Returns whether the settings were applied.
+    """
+    if os.environ.get(KEEP_HEAP_ENV) == "1" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError):
+        return False
+
+
 def make_loader(dataset: Dataset, batch_size: int | None, device: torch.device, num_workers: int | None = None,
                 batch_sampler: Iterable | None = None, shuffle: bool = False,
                 collate_fn: Callable | None = None, generator: torch.Generator | None = None) -> DataLoader:
-    """A DataLoader set up for ``device``: pinned memory and prefetching on CUDA."""
+    """A DataLoader set up for ``device``: pinned memory and prefetching on CUDA. Every batch
+    stream starts here, so this is also where the host heap is told to keep batch buffers."""
+    retain_freed_host_memory()
     workers = default_num_workers(device) if num_workers is None else num_workers
     kwargs = dict(num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate_fn)
     if workers > 0:
