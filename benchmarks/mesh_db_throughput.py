@@ -38,7 +38,7 @@ from mesh_fixtures import make_render_db  # noqa: E402
 
 from iqa_cli import create_metric  # noqa: E402
 from iqa_cli.datasets.mesh_db import patchify  # noqa: E402
-from iqa_cli.engine import default_batch_size, resolve_device  # noqa: E402
+from iqa_cli.engine import default_batch_size, resolve_device, to_device  # noqa: E402
 from iqa_cli.io.patches import PatchSpec  # noqa: E402
 from iqa_cli.io.store import PatchStore  # noqa: E402
 from iqa_cli.score_db import score_mesh_db  # noqa: E402
@@ -96,7 +96,7 @@ def run_ceiling(patches: torch.Tensor, metric, batch_size: int, device) -> None:
     """The backbone alone, set up exactly as iqa runs it (layout, batch size), on patches in memory."""
     with torch.inference_mode():
         for s in range(0, len(patches), batch_size):
-            metric.net(metric.backbone_input(patches[s:s + batch_size].to(device).float().div(255)))
+            metric.net(metric.backbone_input(to_device(patches[s:s + batch_size], device)))
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -137,7 +137,7 @@ def main() -> None:
         store = PatchStore.open(store_path)
         n = store.n_patches
         export_patch_pngs(store, root / "pngs")
-        all_patches = torch.from_numpy(store.read_distorted(0, n)).permute(0, 3, 1, 2).contiguous()
+        all_patches = torch.from_numpy(store.read_distorted(0, n))  # uint8 (N, H, W, 3), as the store holds them
         print(f"database: {len(store.stimuli)} stimuli, {n} patches of 64x64, {store.n_reference} reference "
               f"patches; net {args.net}; device {device}; torch threads {torch.get_num_threads()}", flush=True)
 

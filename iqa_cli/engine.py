@@ -102,14 +102,20 @@ def make_loader(dataset: Dataset, batch_size: int | None, device: torch.device, 
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **kwargs)
 
 
-def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N,H,W,3) or (N,3,H,W), or float in [0,1] -> float32 (N,3,H,W) in [0,1] on ``device``.
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(N,H,W,3) or (N,3,H,W) images -> (N,3,H,W) on ``device``, dtype unchanged.
 
     (N,H,W,3) input comes back as a channels-last view of the same layout: no copy, and the
-    layout the backbone runs fastest on."""
+    layout the backbone runs fastest on. uint8 batches can go straight into ``metric.features``."""
     x = images.to(device, non_blocking=True)
     if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
+    return x
+
+
+def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N,H,W,3) or (N,3,H,W), or float in [0,1] -> float32 (N,3,H,W) in [0,1] on ``device``."""
+    x = to_device(images, device)
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)  # .float() keeps the (channels-last) strides
     return x
@@ -187,7 +193,7 @@ class _ReferenceFeatures:
         self._patch_bytes: int | None = None
 
     def _features(self, patches: np.ndarray) -> list[torch.Tensor]:
-        out = [self.metric.features(to_device_float(torch.from_numpy(patches[s:s + self.batch_size]), self.device))
+        out = [self.metric.features(to_device(torch.from_numpy(patches[s:s + self.batch_size]), self.device))
                for s in range(0, len(patches), self.batch_size)]
         return out[0] if len(out) == 1 else [torch.cat(parts) for parts in zip(*out)]
 
@@ -277,8 +283,9 @@ def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | Non
     with torch.inference_mode(), autocast(dev, precision):
         for i, patches, refs in loader:
             start, stop = chunks[i]
-            feats = metric.features(to_device_float(patches, dev))
-            d = torch.cat([metric.distance_from_features(ref_feats, [f[rows] for f in feats])
+            feats = metric.features(to_device(patches, dev))
+            # The batch's features are scratch from here on: each run's differences are written into them.
+            d = torch.cat([metric.distance_from_features(ref_feats, [f[rows] for f in feats], reuse_feats1=True)
                            for rows, ref_feats in references.gather(refs.numpy())])
             distances[start:stop] = d.double().cpu().numpy()
             if advance is not None:

@@ -109,3 +109,34 @@ def test_minimum_input_size_is_exact(net):
         assert metric(torch.rand(1, 3, s, s), torch.rand(1, 3, s, s)).shape == (1,)
         with pytest.raises(InvalidInputError, match="needs at least"):
             metric(torch.rand(1, 3, s - 1, s + 5), torch.rand(1, 3, s - 1, s + 5))
+
+
+@pytest.mark.parametrize("version", ["0.1", "0.0"])
+def test_uint8_batches_go_straight_into_the_backbone(version):
+    """The engine hands uint8 patches to features(): the /255 is folded into the input scaling."""
+    metric = create_metric("lpips", net="alex", version=version)
+    ref = reference_model(metric, "alex", version, spatial=False)
+    g = torch.Generator().manual_seed(3)
+    u0, u1 = (torch.randint(0, 256, (3, 3, 64, 64), generator=g, dtype=torch.uint8) for _ in range(2))
+    with torch.no_grad():
+        from_uint8 = metric.distance_from_features(metric.features(u0), metric.features(u1))
+        theirs = ref(u0.float() / 255, u1.float() / 255, normalize=True).flatten()
+    np.testing.assert_allclose(from_uint8.numpy(), theirs.numpy(), atol=1e-5, rtol=0)
+    assert float(from_uint8.min()) > 0
+
+
+@pytest.mark.parametrize("head_type", ["lpips", "graphics", "none"])
+@pytest.mark.parametrize("spatial", [False, True])
+def test_reusing_the_second_features_gives_the_same_distances(head_type, spatial):
+    from iqa_cli.models.backbones import BACKBONES
+    from iqa_cli.models.lpips import PerceptualDistance
+
+    metric = PerceptualDistance(BACKBONES["alex"], head_type=head_type, spatial=spatial).eval()
+    x0, x1 = images_of_odd_size(seed=11, n=3, h=64, w=64)
+    with torch.no_grad():
+        f0, f1 = metric.features(x0), metric.features(x1)
+        scratch = [f.clone() for f in f1]
+        fresh = metric.distance_from_features(f0, f1, out_hw=(64, 64))
+        reused = metric.distance_from_features(f0, scratch, out_hw=(64, 64), reuse_feats1=True)
+    torch.testing.assert_close(reused, fresh, rtol=0, atol=1e-7)
+    assert not torch.equal(scratch[0], f1[0])  # the scratch really was written into

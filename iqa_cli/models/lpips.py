@@ -30,9 +30,13 @@ def unit_normalize(feature: torch.Tensor) -> torch.Tensor:
     return feature.div_(norm.add_(EPS))  # no autograd: reuse the tap's memory
 
 
-def squared_difference(f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
-    diff = torch.sub(f0, f1)
-    return diff.pow_(2) if not torch.is_grad_enabled() else diff * diff  # in place when autograd is off
+def squared_difference(f0: torch.Tensor, f1: torch.Tensor, reuse_f1: bool = False) -> torch.Tensor:
+    """(f0 - f1)^2; with reuse_f1 (and no autograd) written into f1's memory instead of a new tensor."""
+    if torch.is_grad_enabled():
+        diff = f0 - f1
+        return diff * diff
+    diff = f1.sub_(f0) if reuse_f1 else torch.sub(f0, f1)  # the sign vanishes in the square
+    return diff.pow_(2)
 
 
 def averaged_sum(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -79,9 +83,16 @@ class PerceptualDistance(nn.Module):
         if head_type != "none":
             for k, channels in enumerate(spec.channels):
                 setattr(self, f"lin{k}", make_head(head_type, channels))
-        # Non-persistent: constants of the method, not learned state.
-        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
+        # Input scaling as one multiply-add, x * gain + offset: [0,1] -> [-1,1], then for v0.1 the
+        # per-channel (x - shift) / scale. Non-persistent: constants of the method, not learned state.
+        if version == "0.0":
+            gain, offset = torch.full((1, 3, 1, 1), 2.0), torch.full((1, 3, 1, 1), -1.0)
+        else:
+            shift, scale = torch.tensor(SHIFT).view(1, 3, 1, 1), torch.tensor(SCALE).view(1, 3, 1, 1)
+            gain, offset = 2 / scale, (-1 - shift) / scale
+        self.register_buffer("gain", gain, persistent=False)
+        self.register_buffer("gain_uint8", gain / 255, persistent=False)  # folds in uint8's /255
+        self.register_buffer("offset", offset, persistent=False)
         self.net.to(memory_format=torch.channels_last)  # matches backbone_input(); loading weights keeps it
         self.freeze_backbone()
 
@@ -98,26 +109,26 @@ class PerceptualDistance(nn.Module):
         for p in self.net.parameters():
             p.requires_grad_(not frozen)
 
-    def preprocess(self, images01: torch.Tensor) -> torch.Tensor:
-        """[0,1] -> [-1,1], then for v0.1 the per-channel (x - shift) / scale, as one multiply-add."""
-        if self.version == "0.0":
-            return images01 * 2 - 1
-        return torch.addcmul((-1 - self.shift) / self.scale, images01, 2 / self.scale)
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Floats in [0,1], or uint8 in 0..255, -> the backbone's input scale, in one multiply-add
+        (for uint8 it also does the cast and the /255: no float copy of the batch is made first)."""
+        return torch.addcmul(self.offset, images, self.gain_uint8 if images.dtype == torch.uint8 else self.gain)
 
-    def backbone_input(self, images01: torch.Tensor) -> torch.Tensor:
+    def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled input in channels-last layout: oneDNN and cuDNN convolutions run 1.1-1.5x faster
         on it (measured on alex/vgg/squeeze at 64x64, see benchmarks/)."""
-        return self.preprocess(images01).contiguous(memory_format=torch.channels_last)
+        return self.preprocess(images).contiguous(memory_format=torch.channels_last)
 
-    def features(self, images01: torch.Tensor) -> list[torch.Tensor]:
-        """Unit-normalised feature taps of images in [0, 1], shape (N, 3, H, W)."""
-        return [unit_normalize(t) for t in self.net(self.backbone_input(images01))]
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised feature taps of (N, 3, H, W) images: floats in [0, 1] or uint8."""
+        return [unit_normalize(t) for t in self.net(self.backbone_input(images))]
 
-    def layer_maps(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor]) -> list[torch.Tensor]:
+    def layer_maps(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor], reuse_feats1: bool = False
+                   ) -> list[torch.Tensor]:
         """One (N, 1, h_l, w_l) distance map per tap."""
         maps = []
         for k, (f0, f1) in enumerate(zip(feats0, feats1)):
-            diff = squared_difference(f0, f1)
+            diff = squared_difference(f0, f1, reuse_feats1)
             if self.head_type == "none":
                 maps.append(diff.sum(dim=1, keepdim=True))
             else:
@@ -125,22 +136,25 @@ class PerceptualDistance(nn.Module):
         return maps
 
     def distance_from_features(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor],
-                               out_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """(N,) distances, or (N, 1, H, W) maps when the metric is spatial (needs out_hw)."""
+                               out_hw: tuple[int, int] | None = None, reuse_feats1: bool = False) -> torch.Tensor:
+        """(N,) distances, or (N, 1, H, W) maps when the metric is spatial (needs out_hw).
+
+        reuse_feats1: feats1 is scratch the caller is done with; without autograd the differences
+        are written into it, which saves a large allocation per layer."""
         if self.spatial:
             if out_hw is None:
                 raise ValueError("spatial distances need the input size")
-            return upsampled_sum(self.layer_maps(feats0, feats1), out_hw)
+            return upsampled_sum(self.layer_maps(feats0, feats1, reuse_feats1), out_hw)
         if self.head_type == "lpips" and not self.training:
             # A linear head commutes with the spatial mean: w . mean_hw(diff) == mean_hw(w . diff),
             # so reduce first and skip a full-resolution 1x1 convolution per layer.
             total = 0
             for k, (f0, f1) in enumerate(zip(feats0, feats1)):
-                diff = squared_difference(f0, f1)
+                diff = squared_difference(f0, f1, reuse_feats1)
                 weight = getattr(self, f"lin{k}").model[1].weight.flatten()
                 total = total + diff.mean(dim=(2, 3)) @ weight
             return total
-        return averaged_sum(self.layer_maps(feats0, feats1))
+        return averaged_sum(self.layer_maps(feats0, feats1, reuse_feats1))
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
         if img0.ndim == 3:
@@ -155,4 +169,4 @@ class PerceptualDistance(nn.Module):
         feats = self.features(torch.cat([img0, img1]))
         n = img0.shape[0]
         return self.distance_from_features([f[:n] for f in feats], [f[n:] for f in feats],
-                                           out_hw=tuple(img0.shape[2:]))
+                                           out_hw=tuple(img0.shape[2:]), reuse_feats1=True)
