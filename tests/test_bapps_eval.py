@@ -228,6 +228,16 @@ def test_cli_json_out_and_multi_value_datasets(cli, tree, tmp_path):
         assert json.loads(again.stdout) == doc
 
 
+def test_cli_out_creates_missing_folders_like_the_other_commands(cli, tree, tmp_path):
+    out = tmp_path / "results" / "2afc" / "items.csv"
+    result = cli("eval-bapps", "2afc", tree, "--model", "l2", "--datasets", "val/cnn", "--out", out)
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as fh:
+        assert {row["subset"] for row in csv.DictReader(fh)} == {"val/cnn"}
+    folder = cli("eval-bapps", "2afc", tree, "--model", "l2", "--out", tmp_path / "results")
+    assert folder.exit_code == 1 and "is a folder, expected a file path to write for --out" in folder.stderr
+
+
 def test_cli_eval_jnd_shortcut(cli, tree):
     a = cli("eval-jnd", tree, "--model", "l2", "--json")
     b = cli("eval-bapps", "jnd", tree, "--model", "l2", "--datasets", "val/traditional", "val/cnn", "--json")

@@ -342,7 +342,7 @@ def test_a_seed_too_large_for_torch_is_one_line_and_writes_nothing(cli, small_db
     store = tmp_path / "s.h5"
     assert cli("patchify", renders, "--db", db, "--out", store).exit_code == 0
     one_line_error(cli("train", store, "--name", "run", "--checkpoints-dir", tmp_path / "ck", "--split", "0.5",
-                       "--seed", str(2 ** 64)), "--seed")
+                       "--seed", str(2 ** 64)), "--seed", code=2)
     assert not (tmp_path / "ck").exists()
 
 

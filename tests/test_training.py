@@ -485,15 +485,34 @@ def test_cli_too_few_stimuli_for_the_split(tmp_path, cli, torch_home):
 
 
 @pytest.mark.parametrize("option,value,message", [
-    ("--npatches", "0", "--npatches must be an integer >= 1, got 0"),
-    ("--nInputImg", "0", "--nInputImg must be an integer >= 1, got 0"),
-    ("--n-input-img", "-2", "--nInputImg must be an integer >= 1, got -2"),
-    ("--split", "1.5", "--split is the training fraction"),
     ("--loss", "l1", "--loss l1: choose one of mse, rank, mse+rank"),
     ("--head", "mlp", "--head mlp: choose one of"),
 ])
 def test_cli_bad_options(small_store, tmp_path, cli, option, value, message):
     _one_line_error(cli(*_train_args(small_store, tmp_path, option, value)), message)
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--npatches", "0", "greater than or equal to 1"),
+    ("--nInputImg", "0", "greater than or equal to 1"),
+    ("--n-input-img", "-2", "greater than or equal to 1"),
+    ("--nepoch", "-1", "greater than or equal to 0"),
+    ("--testset_freq", "0", "greater than or equal to 1"),
+    ("--seed", "-3", "greater than or equal to 0"),
+    ("--split", "1.5", "1.5 is not a number > 0 and < 1"),
+    ("--split", "nan", "nan is not a number > 0 and < 1"),
+    ("--lr", "0", "0 is not a number > 0"),
+    ("--rank-temperature", "-0.1", "-0.1 is not a number > 0"),
+    ("--rank-weight", "-1", "-1 is not a number >= 0"),
+])
+def test_cli_out_of_range_numbers_are_usage_errors(small_store, tmp_path, cli, option, value, message):
+    """Bad numbers are usage errors (exit 2), as in every other command."""
+    result = cli(*_train_args(small_store, tmp_path, option, value))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option.split("=")[0] in lines[0], result.stderr
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "ck" / "cli").exists()
 
 
 def test_cli_test_csv_naming_unknown_stimuli(small_store, tmp_path, cli):

@@ -47,13 +47,7 @@ def _split_datasets(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def _run(mode: str, root: Path, datasets, model, net, version, checkpoint, backbone_weights, colorspace, batch_size,
          device, limit, out, as_json) -> None:
-    from ..errors import InvalidInputError
-
-    if out is not None and out.is_dir():
-        raise InvalidInputError(f"{out}: is a folder, expected a CSV file path to write")
-    if out is not None and not out.parent.exists():
-        raise InvalidInputError(f"{out.parent}: no such folder for --out (create it first)")
-    if out is not None:
+    if out is not None:  # missing parent folders are created, as every other command's --out does
         from ..io.files import check_output_path
 
         check_output_path(out, "--out")

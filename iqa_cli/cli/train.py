@@ -17,6 +17,26 @@ class TrainCommand(MultiValueOptionsCommand):
     multi_value_options = ("--datasets", "--val-datasets")
 
 
+def _in_range(low: float, high: float | None = None, low_inclusive: bool = False):
+    """A callback rejecting floats outside (low, high) as a usage error (exit 2), like min=/max= do for
+    integers; NaN is outside every range."""
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        above = value >= low if low_inclusive else value > low
+        if not (above and (high is None or value < high)):
+            bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
+            raise typer.BadParameter(f"{value:g} is not a number {bound}")
+        return value
+    return check
+
+
+def _seed_fits_torch(value: int | None) -> int | None:
+    if value is not None and value >= 2**64:
+        raise typer.BadParameter(f"{value} is too large: torch seeds are 64-bit (below 2**64)")
+    return value
+
+
 def _split_values(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
     if values is None:
         return None
@@ -28,30 +48,31 @@ def train(
                                            show_default=False),
     name: str = typer.Option(..., "--name", help="Run name: files go to CHECKPOINTS_DIR/NAME/.", show_default=False),
     checkpoints_dir: Path = typer.Option(Path("checkpoints"), "--checkpoints-dir", help="Where run folders go."),
-    n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", help="Stimuli per optimiser step (whole stimuli)."),
-    npatches: int = typer.Option(150, "--npatches", help="Patches each stimulus contributes per epoch."),
-    nepoch: int = typer.Option(5, "--nepoch", help="Epochs at the base learning rate."),
-    nepoch_decay: int = typer.Option(5, "--nepoch_decay", "--nepoch-decay",
+    n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", min=1, help="Stimuli per optimiser step (whole stimuli)."),
+    npatches: int = typer.Option(150, "--npatches", min=1, help="Patches each stimulus contributes per epoch."),
+    nepoch: int = typer.Option(5, "--nepoch", min=0, help="Epochs at the base learning rate."),
+    nepoch_decay: int = typer.Option(5, "--nepoch_decay", "--nepoch-decay", min=0,
                                      help="Epochs of linear learning-rate decay after those."),
-    lr: float = typer.Option(1e-4, "--lr", help="Base learning rate (Adam, beta1 0.5)."),
-    testset_freq: int = typer.Option(2, "--testset_freq", "--testset-freq",
+    lr: float = typer.Option(1e-4, "--lr", callback=_in_range(0), help="Base learning rate (Adam, beta1 0.5)."),
+    testset_freq: int = typer.Option(2, "--testset_freq", "--testset-freq", min=1,
                                      help="Evaluate on the test set every this many epochs (and after the last)."),
     net: str = typer.Option("alex", "--net", help="Backbone: alex | vgg | squeeze."),
     head: Optional[str] = typer.Option(None, "--head", help="graphics (MLP heads) | lpips (linear heads). "
                                        "Default: graphics for a store, lpips for --bapps.", show_default=False),
     version: str = typer.Option("0.1", "--version", help="LPIPS input scaling: 0.1 or 0.0."),
     loss: str = typer.Option("mse", "--loss", help="mse | rank (1 - soft-rank Spearman) | mse+rank."),
-    rank_weight: float = typer.Option(1.0, "--rank-weight", help="Weight of the rank term in mse+rank."),
-    rank_temperature: float = typer.Option(0.1, "--rank-temperature",
+    rank_weight: float = typer.Option(1.0, "--rank-weight", callback=_in_range(0, low_inclusive=True),
+                                      help="Weight of the rank term in mse+rank."),
+    rank_temperature: float = typer.Option(0.1, "--rank-temperature", callback=_in_range(0),
                                            help="Soft-rank temperature, in units of the batch's score std."),
-    split: Optional[float] = typer.Option(None, "--split", help="Training fraction of a random by-stimulus split. "
+    split: Optional[float] = typer.Option(None, "--split", callback=_in_range(0, 1), help="Training fraction of a random by-stimulus split. "
                                           "Default: the store's split column when it labels every stimulus "
                                           "train/test, else 0.8.", show_default=False),
     train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="CSV with a 'stimulus' column: the training "
                                              "stimuli (alone: the rest are tested).", show_default=False),
     test_csv: Optional[Path] = typer.Option(None, "--test-csv", help="CSV with a 'stimulus' column: the test "
                                             "stimuli (alone: the rest are trained on).", show_default=False),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, sampling, init and dropout "
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, callback=_seed_fits_torch, help="Seed of the split, sampling, init and dropout "
                                        "(default: random, recorded in the checkpoint).", show_default=False),
     device: str = DeviceOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its latest.pth."),
@@ -66,12 +87,12 @@ def train(
     val_datasets: Optional[List[str]] = typer.Option(None, "--val-datasets", help="BAPPS subsets evaluated every "
                                                      "--testset_freq epochs (default: every val/* subset present).",
                                                      show_default=False),
-    batch_size: int = typer.Option(50, "--batch-size", help="BAPPS: triplets per optimiser step."),
-    eval_batch_size: int = typer.Option(256, "--eval-batch-size", help="Patch pairs per forward pass when scoring "
+    batch_size: int = typer.Option(50, "--batch-size", min=1, help="BAPPS: triplets per optimiser step."),
+    eval_batch_size: int = typer.Option(256, "--eval-batch-size", min=1, help="Patch pairs per forward pass when scoring "
                                         "the test set."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="BAPPS: only the first N triplets of each subset.",
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="BAPPS: only the first N triplets of each subset.",
                                         show_default=False),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: by device).",
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: by device).",
                                           show_default=False),
     as_json: bool = JsonOpt,
 ) -> None:
