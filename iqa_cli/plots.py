@@ -1,4 +1,4 @@
-"""PNG plots (matplotlib, Agg backend: no display needed)."""
+"""Plots (matplotlib, Agg backend: no display needed), in the format their file name asks for."""
 
 from __future__ import annotations
 
@@ -6,11 +6,24 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InvalidInputError
 from .io.files import atomic_path
+
+PLOT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+def plot_format(path: str | Path, option: str = "--plot") -> str:
+    """The format a plot file name asks for; an unknown suffix is refused before any work."""
+    fmt = PLOT_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"{path}: {option} writes .png, .pdf or .svg files; give a file name ending in one "
+                                "of them")
+    return fmt
 
 
 def scatter_with_fit(path: str | Path, scores, mos, fit, title: str) -> Path:
-    """Objective scores vs MOS with the fitted mapping drawn over them."""
+    """Objective scores vs MOS with the fitted mapping drawn over them (.png, .pdf or .svg)."""
+    fmt = plot_format(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,6 +43,6 @@ def scatter_with_fit(path: str | Path, scores, mos, fit, title: str) -> Path:
     ax.legend(loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format=fmt)
     plt.close(fig)
     return Path(path)

@@ -138,6 +138,17 @@ def test_cli_outputs(cli, render_store, tmp_path):
         assert img.format == "PNG" and img.size[0] > 300
 
 
+def test_cli_plot_format_follows_the_file_name(cli, render_store, tmp_path):
+    _, _, store_path = render_store
+    for name, magic in (("fit.pdf", b"%PDF"), ("fit.svg", b"<?xml")):
+        assert cli("score-mesh-db", store_path, "--plot", tmp_path / name).exit_code == 0
+        assert (tmp_path / name).read_bytes().startswith(magic)
+    result = cli("score-mesh-db", store_path, "--plot", tmp_path / "fit.gif", "--out", tmp_path / "s.csv")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "fit.gif: --plot writes .png, .pdf or .svg files" in result.stderr
+    assert not (tmp_path / "fit.gif").exists() and not (tmp_path / "s.csv").exists()
+
+
 def test_cli_table_without_json(cli, render_store):
     _, _, store_path = render_store
     result = cli("score-mesh-db", store_path, "--net", "squeeze")

@@ -59,6 +59,18 @@ def test_spatial_map_png_has_the_image_size(cli, tmp_path, rng):
         assert np.asarray(heat).std() > 0
 
 
+def test_spatial_map_format_follows_the_file_name(cli, tmp_path, rng):
+    a = save_png(tmp_path / "a.png", rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    b = save_png(tmp_path / "b.png", rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    for name, fmt in (("heat.jpg", "JPEG"), ("heat.TIF", "TIFF")):
+        assert cli("score-pair", a, b, "--spatial-map", tmp_path / name).exit_code == 0
+        with Image.open(tmp_path / name) as heat:
+            assert heat.format == fmt and heat.size == (53, 37)
+    for name in ("heat.txt", "heat"):
+        one_line_error(cli("score-pair", a, b, "--spatial-map", tmp_path / name), name, "give a file name ending in .png")
+        assert not (tmp_path / name).exists()
+
+
 def make_folders(root, rng, names=("x.png", "sub/y.png", "z.png"), size=(32, 40)):
     for name in names:
         img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)

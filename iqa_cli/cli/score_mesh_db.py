@@ -28,7 +28,7 @@ def score_mesh_db(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader processes reading the "
                                           "store (default: 0 on small CPUs, several on CUDA)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write model,stimulus,score,n_patches[,MOS] rows."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of scores vs MOS with the fit (PNG)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of scores vs MOS with the fit (.png, .pdf or .svg)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score every stimulus of a mesh-quality database and, with MOS, report PLCC/SROCC/KROCC/RMSE.
@@ -52,6 +52,10 @@ def score_mesh_db(
     patch_store = open_store(store)  # validate the store before loading any model
     if plot is not None and not patch_store.has_mos:
         raise InvalidInputError(f"{store}: has no MOS, so there is nothing to plot against (drop --plot)")
+    if plot is not None:
+        from ..plots import plot_format
+
+        plot_format(plot)
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None:
             check_output_path(target, option, inputs=[store])

@@ -25,7 +25,7 @@ def score_pair(
                                         help="Score matched pairs even when some files have no partner."),
     resize: bool = typer.Option(False, "--resize", help="Rescale DIST to REF's size when they differ."),
     spatial_map: Optional[Path] = typer.Option(None, "--spatial-map", help="Write the per-pixel distance heat "
-                                               "map of two images to this PNG."),
+                                               "map of two images to this file (.png; .jpg, .tif, .webp also work)."),
     spatial_dir: Optional[Path] = typer.Option(None, "--spatial-dir", help="For folders: write one heat map per "
                                                "pair under this folder (same relative paths, .png)."),
     device: str = DeviceOpt,
@@ -59,9 +59,12 @@ def score_pair(
                                    (spatial_dir, "--spatial-dir", True)):
         if target is not None:
             check_output_path(target, option, folder=folder, inputs=folders if folder else read)
-    from ..io.images import save_heatmap
+    from ..io.images import heatmap_format, save_heatmap
     from ..pairs import check_sizes, heatmap_names, score_pairs
     from ..registry import create_metric
+
+    if spatial_map is not None:
+        heatmap_format(spatial_map)  # an unwritable format fails now, not after scoring
 
     sizes = check_sizes(plan, resize)  # fail on size mismatches before loading any model
     map_names = dict(zip(plan.pairs, heatmap_names(plan, ref, all_pairs))) if spatial_dir is not None else {}

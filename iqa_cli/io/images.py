@@ -98,9 +98,22 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InvalidInputError(f"{path}: not an image PIL can read") from None
 
 
+def heatmap_format(path: str | Path, option: str = "--spatial-map") -> str:
+    """The PIL format a heat-map file name asks for (.png, .jpg, .tif, .webp, ...); a name that is
+    not an image PIL can write is refused before any work."""
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise InvalidInputError(f"{path}: {option} writes an image; give a file name ending in .png (or .jpg, .tif, "
+                                f".webp), not '{suffix or 'no suffix'}'")
+    return fmt
+
+
 def save_heatmap(path: str | Path, distance_map: np.ndarray, vmax: float | None = None) -> Path:
-    """Write an (H, W) distance map as a colour PNG at the image's resolution (inferno colormap;
-    0 is black, ``vmax`` -- default the map's maximum -- is white-yellow)."""
+    """Write an (H, W) distance map as a colour image at the image's resolution, in the format the
+    file name asks for (inferno colormap; 0 is black, ``vmax`` -- default the map's maximum -- is
+    white-yellow)."""
+    fmt = heatmap_format(path)
     from matplotlib import colormaps
 
     from .files import atomic_path
@@ -110,5 +123,5 @@ def save_heatmap(path: str | Path, distance_map: np.ndarray, vmax: float | None 
     scaled = np.clip(d / top, 0, 1) if top > 0 else np.zeros_like(d)
     rgb = (colormaps["inferno"](scaled)[..., :3] * 255).round().astype(np.uint8)
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        Image.fromarray(rgb).save(tmp, format=fmt)
     return Path(path)
