@@ -320,6 +320,27 @@ def test_killed_run_leaves_no_store_and_rerun_finishes(cli, db):
         assert len(store.stimuli) == 6 and store.n_patches == int(store.stimuli["count"].sum()) > 0
 
 
+@pytest.mark.skipif(os.name != "posix", reason="writer locks are advisory flock() locks, POSIX only")
+def test_second_writer_of_the_same_store_is_refused_and_leaves_the_first_alone(cli, db):
+    from iqa_cli.io.store import StoreWriter
+
+    renders, csv_path, out = db
+    first = StoreWriter(out, patch_size=64, stride=64, min_foreground=0.6, background="auto", fingerprint="x",
+                        source="renders")
+    first.open()  # another run, mid-write
+    try:
+        r = cli("patchify", renders, "--db", csv_path, "--out", out)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.output
+        assert "another iqa patchify is writing it right now" in r.stderr and "store.h5.lock" in r.stderr
+        assert partial_path(out).exists() and first._file.id.valid  # its partial file was not deleted
+    finally:
+        first.abort()
+    assert not partial_path(out).exists() and not out.with_name("store.h5.lock").exists()
+    r = cli("patchify", renders, "--db", csv_path, "--out", out)  # once it is gone, a run goes through
+    assert r.exit_code == 0, r.output
+    assert not out.with_name("store.h5.lock").exists() and PatchStore.open(out).n_patches > 0
+
+
 def test_interrupt_mid_write_removes_partial(db, monkeypatch):
     renders, csv_path, out = db
     calls = []

@@ -8,6 +8,11 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, writers are not guarded against each other
+    fcntl = None
+
 
 def check_output_path(path: str | Path, option: str, folder: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Fail before any work when ``path`` cannot be written: a file expected but a folder is there
@@ -65,3 +70,56 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence])
             writer.writerow(header)
             writer.writerows(rows)
     return Path(path)
+
+
+class OutputLock:
+    """An exclusive advisory lock on ``<path>.lock`` while one process writes ``path``.
+
+    Two runs writing the same output would otherwise clobber each other's temporary file. The
+    lock file is removed on release; a lock taken on a file that another process removed in the
+    meantime is retried on the new file, so two writers never both think they hold it."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        from ..errors import InvalidInputError
+
+        if fcntl is None or self._fd is not None:
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise InvalidInputError(f"{self.path}: another {self.what} is writing it right now (lock "
+                                        f"{self.lock_path.name}); wait for it to finish, or choose another output "
+                                        "path") from None
+            try:
+                same_file = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                self._fd = fd
+                return
+            os.close(fd)  # the holder released and removed it between our open and our lock: try again
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock, or where locks are not available."""
+        return self._fd is not None or fcntl is None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.lock_path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)  # closing drops the lock
+        self._fd = None

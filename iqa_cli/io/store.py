@@ -26,7 +26,7 @@ consecutive. Patch ``i`` of a stimulus pairs with reference row ``ref_first + i`
 
 Writing goes to ``<out>.partial`` beside the target and is renamed into place with os.replace on
 success, so a killed run never leaves a corrupt store (a stale partial file is overwritten by the
-next run). Readers open the HDF5 file lazily on first read and never pickle the handle, so each
+next run). ``<out>.lock`` keeps a second writer of the same store out while one is at work. Readers open the HDF5 file lazily on first read and never pickle the handle, so each
 DataLoader worker reopens it.
 """
 
@@ -41,6 +41,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .files import OutputLock
 
 SCHEMA_VERSION = 1
 STORE_KIND = "patch-store"
@@ -105,6 +106,7 @@ class StoreWriter:
                        "fingerprint": str(fingerprint), "source": str(source)}
         self._flush_at = max(1, int(flush_patches))
         self._file: h5py.File | None = None
+        self._lock = OutputLock(self.path, "iqa patchify")
         self._committed = False
         self._buffers: dict[str, list[np.ndarray]] = {"distorted": [], "reference": []}
         self._buffered = {"distorted": 0, "reference": 0}
@@ -124,6 +126,7 @@ class StoreWriter:
 
     def open(self) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()  # before touching the partial file: another writer may own it
         if self.partial.exists():  # left by a killed run: its content is not trusted, start over
             self.partial.unlink()
         self._file = h5py.File(self.partial, "w")
@@ -140,11 +143,12 @@ class StoreWriter:
             except Exception:  # noqa: BLE001 - best effort while already failing
                 pass
             self._file = None
-        if not self._committed:
+        if not self._committed and self._lock.held:
             try:
                 self.partial.unlink()
             except FileNotFoundError:
                 pass
+        self._lock.release()
 
     # -- content --------------------------------------------------------------------------------
     @property
@@ -267,6 +271,7 @@ class StoreWriter:
         self._file = None
         os.replace(self.partial, self.path)
         self._committed = True
+        self._lock.release()
         return self.path
 
 
