@@ -52,13 +52,13 @@ def score_mesh_db(
     patch_store = open_store(store)  # validate the store before loading any model
     if plot is not None and not patch_store.has_mos:
         raise InvalidInputError(f"{store}: has no MOS, so there is nothing to plot against (drop --plot)")
+    for target, option in ((out, "--out"), (plot, "--plot")):
+        if target is not None:
+            check_output_path(target, option, inputs=[store])
     if plot is not None:
         from ..plots import plot_format
 
         plot_format(plot)
-    for target, option in ((out, "--out"), (plot, "--plot")):
-        if target is not None:
-            check_output_path(target, option, inputs=[store])
     model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
                           backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
     with progress_bar("scoring", patch_store.n_patches, "patches") as advance:
