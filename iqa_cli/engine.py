@@ -1,8 +1,9 @@
 """The streaming scorer: the one place that decides devices, DataLoaders, workers and precision.
 
-Data arrives as uint8 (N, H, W, 3) or (N, 3, H, W) tensors from CPU workers, crosses to the
-device (pinned + non_blocking on CUDA) and becomes float in [0, 1] there, so the host-to-device
-copy moves a quarter of the bytes float32 would.
+Data arrives as uint8 (N, H, W, 3) or (N, 3, H, W) tensors from CPU workers and crosses to the
+device as uint8 (pinned + non_blocking on CUDA), so the host-to-device copy moves a quarter of the
+bytes float32 would; the store scorer hands it to the metric still uint8, whose input scaling makes
+it float. Batch buffers stay in the host heap between batches (see retain_freed_host_memory).
 """
 
 from __future__ import annotations
