@@ -48,8 +48,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 
 def default_batch_size(net: str) -> int:
-    """Patches per forward pass: large batches keep 2 CPU cores busy (alex at 64x64 runs about
-    2.5x faster per patch at 512 than at 128); vgg's large feature maps need smaller ones."""
+    """Patches per forward pass. On the 2-core CPU, alex at 64x64 scored about 1.3x faster per
+    patch at 512 than at 32, and 3% faster than at 128 (benchmarks/mesh_db_throughput.py store);
+    vgg's large feature maps need smaller batches."""
     return {"vgg": 128}.get(net, 512)
 
 
