@@ -341,6 +341,27 @@ def test_second_writer_of_the_same_store_is_refused_and_leaves_the_first_alone(c
     assert not out.with_name("store.h5.lock").exists() and PatchStore.open(out).n_patches > 0
 
 
+def test_writer_that_fails_to_open_leaves_no_lock_behind(db, monkeypatch):
+    from iqa_cli.io import store as store_module
+
+    _, _, out = db
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module.h5py, "File", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        with store_module.StoreWriter(out, patch_size=64, stride=64, min_foreground=0.6, background="auto",
+                                      fingerprint="x", source="renders"):
+            pass
+    assert not out.with_name("store.h5.lock").exists() and not partial_path(out).exists()
+    monkeypatch.undo()
+    with store_module.StoreWriter(out, patch_size=64, stride=64, min_foreground=0.6, background="auto",
+                                  fingerprint="x", source="renders") as writer:  # the lock is free again
+        writer.commit()
+    assert out.exists() and not out.with_name("store.h5.lock").exists()
+
+
 def test_interrupt_mid_write_removes_partial(db, monkeypatch):
     renders, csv_path, out = db
     calls = []

@@ -67,7 +67,8 @@ def test_spatial_map_format_follows_the_file_name(cli, tmp_path, rng):
         with Image.open(tmp_path / name) as heat:
             assert heat.format == fmt and heat.size == (53, 37)
     for name in ("heat.txt", "heat"):
-        one_line_error(cli("score-pair", a, b, "--spatial-map", tmp_path / name), name, "give a file name ending in .png")
+        one_line_error(cli("score-pair", a, b, "--spatial-map", tmp_path / name), name,
+                       "give a file name ending in .png")
         assert not (tmp_path / name).exists()
 
 

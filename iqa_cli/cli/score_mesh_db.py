@@ -28,7 +28,8 @@ def score_mesh_db(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader processes reading the "
                                           "store (default: 0 on small CPUs, several on CUDA)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write model,stimulus,score,n_patches[,MOS] rows."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of scores vs MOS with the fit (.png, .pdf or .svg)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter plot of scores vs MOS with the fit "
+                                        "(.png, .pdf or .svg)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score every stimulus of a mesh-quality database and, with MOS, report PLCC/SROCC/KROCC/RMSE.

@@ -48,7 +48,8 @@ def train(
                                            show_default=False),
     name: str = typer.Option(..., "--name", help="Run name: files go to CHECKPOINTS_DIR/NAME/.", show_default=False),
     checkpoints_dir: Path = typer.Option(Path("checkpoints"), "--checkpoints-dir", help="Where run folders go."),
-    n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", min=1, help="Stimuli per optimiser step (whole stimuli)."),
+    n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", min=1,
+                                    help="Stimuli per optimiser step (whole stimuli)."),
     npatches: int = typer.Option(150, "--npatches", min=1, help="Patches each stimulus contributes per epoch."),
     nepoch: int = typer.Option(5, "--nepoch", min=0, help="Epochs at the base learning rate."),
     nepoch_decay: int = typer.Option(5, "--nepoch_decay", "--nepoch-decay", min=0,
@@ -65,15 +66,17 @@ def train(
                                       help="Weight of the rank term in mse+rank."),
     rank_temperature: float = typer.Option(0.1, "--rank-temperature", callback=_in_range(0),
                                            help="Soft-rank temperature, in units of the batch's score std."),
-    split: Optional[float] = typer.Option(None, "--split", callback=_in_range(0, 1), help="Training fraction of a random by-stimulus split. "
-                                          "Default: the store's split column when it labels every stimulus "
-                                          "train/test, else 0.8.", show_default=False),
+    split: Optional[float] = typer.Option(None, "--split", callback=_in_range(0, 1),
+                                          help="Training fraction of a random by-stimulus split. Default: the store's "
+                                          "split column when it labels every stimulus train/test, else 0.8.",
+                                          show_default=False),
     train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="CSV with a 'stimulus' column: the training "
                                              "stimuli (alone: the rest are tested).", show_default=False),
     test_csv: Optional[Path] = typer.Option(None, "--test-csv", help="CSV with a 'stimulus' column: the test "
                                             "stimuli (alone: the rest are trained on).", show_default=False),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, callback=_seed_fits_torch, help="Seed of the split, sampling, init and dropout "
-                                       "(default: random, recorded in the checkpoint).", show_default=False),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, callback=_seed_fits_torch,
+                                       help="Seed of the split, sampling, init and dropout (default: random, "
+                                       "recorded in the checkpoint).", show_default=False),
     device: str = DeviceOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its latest.pth."),
     train_trunk: bool = typer.Option(False, "--train-trunk", help="Train the backbone too (default: frozen)."),
@@ -88,11 +91,12 @@ def train(
                                                      "--testset_freq epochs (default: every val/* subset present).",
                                                      show_default=False),
     batch_size: int = typer.Option(50, "--batch-size", min=1, help="BAPPS: triplets per optimiser step."),
-    eval_batch_size: int = typer.Option(256, "--eval-batch-size", min=1, help="Patch pairs per forward pass when scoring "
-                                        "the test set."),
+    eval_batch_size: int = typer.Option(256, "--eval-batch-size", min=1,
+                                        help="Patch pairs per forward pass when scoring the test set."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="BAPPS: only the first N triplets of each subset.",
                                         show_default=False),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: by device).",
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="DataLoader worker processes (default: by device).",
                                           show_default=False),
     as_json: bool = JsonOpt,
 ) -> None:

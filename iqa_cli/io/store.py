@@ -26,8 +26,9 @@ consecutive. Patch ``i`` of a stimulus pairs with reference row ``ref_first + i`
 
 Writing goes to ``<out>.partial`` beside the target and is renamed into place with os.replace on
 success, so a killed run never leaves a corrupt store (a stale partial file is overwritten by the
-next run). ``<out>.lock`` keeps a second writer of the same store out while one is at work. Readers open the HDF5 file lazily on first read and never pickle the handle, so each
-DataLoader worker reopens it.
+next run). ``<out>.lock`` keeps a second writer of the same store out while one is at work.
+Readers open the HDF5 file lazily on first read and never pickle the handle, so each DataLoader
+worker reopens it.
 """
 
 from __future__ import annotations
@@ -127,13 +128,17 @@ class StoreWriter:
     def open(self) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()  # before touching the partial file: another writer may own it
-        if self.partial.exists():  # left by a killed run: its content is not trusted, start over
-            self.partial.unlink()
-        self._file = h5py.File(self.partial, "w")
-        s = self.patch_size
-        for name in ("distorted", "reference"):
-            self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
-                                      chunks=(_chunk_rows(s), s, s, 3))
+        try:
+            if self.partial.exists():  # left by a killed run: its content is not trusted, start over
+                self.partial.unlink()
+            self._file = h5py.File(self.partial, "w")
+            s = self.patch_size
+            for name in ("distorted", "reference"):
+                self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                                          chunks=(_chunk_rows(s), s, s, 3))
+        except BaseException:
+            self.abort()  # a failing __enter__ gets no __exit__: drop the partial file and the lock here
+            raise
 
     def abort(self) -> None:
         """Close and delete the partial file (nothing is left behind)."""
