@@ -19,7 +19,8 @@ from torch import nn
 from .datasets.bapps import BappsDataset, check_mode, open_subset, resolve_subsets
 from .engine import iterate_batches, make_loader, to_device_float
 from .errors import InvalidInputError
-from .metrics.bapps import BASELINES, check_colorspace, jnd_average_precision, two_afc_agreement
+from .models.bapps_baselines import BASELINES, check_colorspace
+from .stats.bapps import jnd_average_precision, two_afc_agreement
 
 MODELS = ("lpips", "baseline", "l2", "ssim", "graphics-lpips")
 # per-item columns of each protocol, in CSV order (after subset and name)

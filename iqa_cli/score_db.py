@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InvalidInputError
-from .metrics.correlation import CorrelationReport, correlation_report
+from .stats.correlation import CorrelationReport, correlation_report
 
 
 MIN_STIMULI_FOR_CORRELATION = 3

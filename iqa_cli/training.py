@@ -798,7 +798,7 @@ def evaluate_mos(model, store, rows: Sequence[int], cfg: TrainConfig, device: to
     """Test-set scores exactly as score-mesh-db computes them (mean over a stimulus's patches of
     min(d, 1), model in eval mode), then the configured loss, raw RMSE, and SROCC/PLCC after the
     same fit score-mesh-db uses (binomial GLM for MOS in [0, 1], else the VQEG 4-parameter logistic)."""
-    from .metrics.correlation import correlation_report
+    from .stats.correlation import correlation_report
     from .score_db import stimulus_scores
 
     rows = np.asarray(rows, dtype=np.int64)

@@ -15,7 +15,8 @@ from bapps_fixtures import make_bapps_tree
 from iqa_cli.bapps_eval import eval_bapps
 from iqa_cli.datasets.bapps import JNDDataset, TwoAFCDataset, count_items, list_subsets
 from iqa_cli.errors import InvalidInputError
-from iqa_cli.metrics.bapps import jnd_average_precision, l2_distance, two_afc_score
+from iqa_cli.models.bapps_baselines import l2_distance
+from iqa_cli.stats.bapps import jnd_average_precision, two_afc_score
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_eval_l2_matches_direct_computation(tree):
 
 
 def test_eval_jnd_ssim_matches_direct_computation(tree):
-    from iqa_cli.metrics.bapps import dssim_distance
+    from iqa_cli.models.bapps_baselines import dssim_distance
 
     report = eval_bapps(tree, "jnd", subsets=["val/traditional"], model="ssim", colorspace="Lab")
     folder = tree / "jnd/val/traditional"

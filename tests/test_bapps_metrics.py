@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from iqa_cli.errors import InvalidInputError
-from iqa_cli.metrics.bapps import (dssim_distance, jnd_average_precision, l2_distance, srgb_to_lab, ssim,
-                                   two_afc_agreement, two_afc_score, voc_ap)
+from iqa_cli.models.bapps_baselines import dssim_distance, l2_distance, srgb_to_lab, ssim
+from iqa_cli.stats.bapps import jnd_average_precision, two_afc_agreement, two_afc_score, voc_ap
 
 
 # -- 2AFC ------------------------------------------------------------------------------------------

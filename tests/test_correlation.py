@@ -7,7 +7,7 @@ import pytest
 from scipy import special, stats
 
 from iqa_cli.errors import InvalidInputError
-from iqa_cli.metrics.correlation import correlation_report, fit_glm, fit_vqeg4
+from iqa_cli.stats.correlation import correlation_report, fit_glm, fit_vqeg4
 
 
 def test_glm_fit_solves_the_binomial_score_equations(rng):

@@ -137,7 +137,7 @@ def test_a_saturating_vqeg4_fit_does_not_inflate_rank_correlations():
     import numpy as np
     from scipy import stats
 
-    from iqa_cli.metrics.correlation import correlation_report
+    from iqa_cli.stats.correlation import correlation_report
 
     s = np.linspace(0.1, 1.0, 10)
     mos = np.array([0.3, 0.1, 0.4, 0.2, 0.25, 0.8, 0.7, 0.9, 0.75, 0.85])  # a step: the fit saturates

@@ -332,7 +332,7 @@ def test_run_folder_files(small_store, tmp_path):
 
 
 def test_checkpoint_round_trip_into_score_mesh_db(small_store, tmp_path, cli):
-    from iqa_cli.metrics.correlation import correlation_report
+    from iqa_cli.stats.correlation import correlation_report
     from iqa_cli.registry import create_metric
     from iqa_cli.score_db import stimulus_scores
 

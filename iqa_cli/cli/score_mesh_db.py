@@ -44,7 +44,7 @@ def score_mesh_db(
     """
     from ..errors import InvalidInputError
     from ..io.files import check_output_path, write_csv
-    from ..metrics.correlation import FITS
+    from ..stats.correlation import FITS
     from ..registry import create_metric
     from ..score_db import open_store, score_mesh_db as run
 
