@@ -112,31 +112,42 @@ def check_sizes(plan: PairPlan, resize: bool) -> list[tuple[int, int]]:
 class PairScore:
     ref: Path
     dist: Path
-    score: float
+    scores: dict[str, float]  # metric name -> score, in the order the metrics were given
+
+    @property
+    def score(self) -> float:
+        """The first metric's score (the only one in a single-metric run)."""
+        return next(iter(self.scores.values()))
 
 
 MapSink = Callable[[Path, Path, np.ndarray], None]
 
 
-def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "auto", resize: bool = False,
+def score_pairs(plan: PairPlan, metrics, batch_size: int = 32, device: str = "auto", resize: bool = False,
                 on_spatial_map: MapSink | None = None, advance: Callable[[int], None] | None = None,
                 sizes: list[tuple[int, int]] | None = None) -> list[PairScore]:
-    """Distances for every planned pair, batched by image size, in the plan's order.
+    """Scores of every planned pair under each metric, batched by image size, in the plan's order.
 
-    ``on_spatial_map(ref, dist, map)`` receives each pair's (H, W) distance map as soon as its
-    batch is done, so maps of a large folder are never all held in memory.
+    ``metrics``: one full-reference metric or a list of them; every image is decoded once and
+    scored by all of them in the same pass. ``on_spatial_map(ref, dist, map)`` receives each pair's
+    (H, W) distance map from the first metric that makes maps, as soon as its batch is done, so maps
+    of a large folder are never all held in memory.
     """
     import torch
 
     from .engine import make_loader, resolve_device, to_device_float
-    from .models.lpips import averaged_sum, upsampled_sum
 
-    from .models.lpips import check_input_size
-
+    metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    map_maker = next((m for m in metrics if getattr(m, "makes_maps", False)), None)
+    if on_spatial_map is not None and map_maker is None:
+        raise InvalidInputError("heat maps need an LPIPS-family metric (lpips, graphics-lpips, baseline) "
+                                "among the --metric values")
     dev = resolve_device(device)
     sizes = sizes if sizes is not None else check_sizes(plan, resize)  # callers that checked early pass them
-    for (ref, _), hw in zip(plan.pairs, sizes):
-        check_input_size(metric.spec, hw, name=str(ref))
+    for hw in set(sizes):
+        first = plan.pairs[sizes.index(hw)][0]
+        for metric in metrics:
+            metric.check_size(hw, name=str(first))
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, hw in enumerate(sizes):
         by_size.setdefault(hw, []).append(i)
@@ -144,24 +155,28 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
     loader = make_loader(_PairImages(plan.pairs, sizes), None, dev, batch_sampler=batches,
                          num_workers=None if len(plan.pairs) > batch_size else 0, collate_fn=_collate)
     results: list[PairScore | None] = [None] * len(plan.pairs)
-    metric = metric.to(dev).eval()
+    metrics = [m.to(dev).eval() for m in metrics]
     with torch.inference_mode():
         for idx, img0, img1, error in loader:
             if error:
                 raise InvalidInputError(error)
             x0, x1 = to_device_float(img0, dev), to_device_float(img1, dev)
-            feats = metric.features(torch.cat([x0, x1]))
-            n = len(idx)
-            maps = metric.layer_maps([f[:n] for f in feats], [f[n:] for f in feats])
-            scores = averaged_sum(maps).double().cpu().numpy()
-            heat = upsampled_sum(maps, x0.shape[2:]).squeeze(1).float().cpu().numpy() if on_spatial_map else None
+            columns: dict[str, np.ndarray] = {}
+            heat = None
+            for metric in metrics:
+                if metric is map_maker and on_spatial_map is not None:
+                    scores, maps = metric.score_with_maps(x0, x1)
+                    heat = maps.float().cpu().numpy()
+                else:
+                    scores = metric.score(x0, x1)
+                columns[metric.name] = scores.reshape(len(idx), -1).mean(dim=1).double().cpu().numpy()
             for j, i in enumerate(idx):
                 ref, dist = plan.pairs[i]
-                results[i] = PairScore(ref, dist, float(scores[j]))
+                results[i] = PairScore(ref, dist, {name: float(v[j]) for name, v in columns.items()})
                 if heat is not None:
                     on_spatial_map(ref, dist, heat[j])
             if advance:
-                advance(n)
+                advance(len(idx))
     return results  # type: ignore[return-value]
 
 

@@ -1,33 +1,94 @@
-"""Metric names users can ask for, and the one function that builds them."""
+"""The one table of quality models: name -> spec, and the one function that builds any of them.
+
+A spec says what a metric is (full- or no-reference, which way its scores point, their range, how
+it treats colour), which weights it needs and where they come from, and how to build it. Every
+command that takes ``--metric`` and every Python caller goes through ``create_metric``:
+
+    metric = create_metric("ssim")                                   # classic, no weights
+    metric = create_metric("lpips", net="vgg", device="cuda")        # bundled heads + ImageNet backbone
+    metric = create_metric(checkpoint="latest_net_.pth")             # the metric the checkpoint holds
+    d = metric(ref, dist)                                            # (N,) scores; see models/base.py
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from .errors import UnknownMetricError, WeightsError
-from .models.backbones import BACKBONES, NET_ALIASES, Backbone
-from .models.lpips import VERSIONS, PerceptualDistance
+from .errors import InvalidInputError, UnknownMetricError, WeightsError
+from .models.backbones import BACKBONES, NET_ALIASES
+
+
+# ---------------------------------------------------------------------------------------------
+# specs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WeightsNeed:
+    """One set of weights a metric needs, and where it comes from.
+
+    source: "bundled" (inside the package), "torchvision" (the ImageNet cache, downloaded when
+    online), "user" (a file the user passes with ``option``), "none" (nothing needed)."""
+
+    what: str
+    source: str
+    file: str = ""  # bundled resource, torchvision file name, or the option naming the user's file
+    optional: bool = False
+
+    def status(self) -> dict[str, str]:
+        """{"what", "status", "file"}: bundled / cached / missing / needs OPTION."""
+        if self.source == "bundled":
+            from importlib import resources
+
+            present = (resources.files("iqa_cli") / self.file).is_file()
+            state = "bundled" if present else "missing"
+        elif self.source == "torchvision":
+            from .weights import torchvision_cache_dir
+
+            state = "cached" if (torchvision_cache_dir() / self.file).is_file() else "missing"
+        else:
+            state = f"needs {self.file}" + (" (optional)" if self.optional else "")
+        return {"what": self.what, "status": state, "file": Path(self.file).name if self.source != "user" else ""}
 
 
 @dataclass(frozen=True)
-class MetricInfo:
+class MetricSpec:
     name: str
-    head_type: str
+    kind: str  # "fr" (metric(ref, dist)) or "nr" (metric(img))
+    lower_better: bool
+    score_range: tuple[float, float]
+    colour: str  # what the metric computes on
     description: str
+    factory: Callable[..., Any] = field(repr=False, compare=False)
+    weights: tuple[WeightsNeed, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options ``create_metric`` accepts for this metric (besides the common ones)."""
+        return tuple(p for p in inspect.signature(self.factory).parameters if p != "name")
+
+    def weights_status(self) -> list[dict[str, str]]:
+        return [w.status() for w in self.weights]
+
+    def to_dict(self, weights: bool = True) -> dict[str, Any]:
+        out = {"name": self.name, "kind": self.kind, "lower_better": self.lower_better,
+               "range": [_finite_or_none(v) for v in self.score_range], "colour": self.colour,
+               "description": self.description, "options": list(self.options), "aliases": list(self.aliases)}
+        if weights:
+            out["weights"] = self.weights_status()
+        return out
 
 
-METRICS: dict[str, MetricInfo] = {
-    "lpips": MetricInfo("lpips", "lpips", "LPIPS: learned linear heads on alex/vgg/squeeze (bundled v0.1/v0.0 weights)"),
-    "graphics-lpips": MetricInfo("graphics-lpips", "graphics",
-                                 "Graphics-LPIPS: MLP heads on AlexNet, from a --checkpoint"),
-    "baseline": MetricInfo("baseline", "none", "LPIPS without heads: squared normalised feature differences"),
-}
+def _finite_or_none(x: float) -> float | None:
+    return None if x in (float("inf"), float("-inf")) else x
 
 
-def list_metrics() -> list[MetricInfo]:
-    return list(METRICS.values())
-
+# ---------------------------------------------------------------------------------------------
+# factories
+# ---------------------------------------------------------------------------------------------
 
 def canonical_net(net: str) -> str:
     name = NET_ALIASES.get(net.lower(), net.lower())
@@ -36,46 +97,39 @@ def canonical_net(net: str) -> str:
     return name
 
 
-def create_metric(name: str | None = "lpips", net: str | None = None, version: str | None = None, spatial: bool = False,
-                  checkpoint: str | Path | None = None, backbone_weights: str | Path = "imagenet",
-                  device: str = "cpu") -> PerceptualDistance:
-    """Build a ready-to-use distance module (eval mode, frozen, on ``device``).
+def _lpips_family(name: str, net: str | None = None, version: str | None = None, spatial: bool = False,
+                  checkpoint: str | Path | None = None, backbone_weights: str | Path | None = None):
+    """LPIPS, Graphics-LPIPS or the baseline; heads from the bundle or a checkpoint.
 
-    name None means "what the checkpoint holds" (lpips or graphics-lpips), else lpips.
-    net defaults to the checkpoint's network, else alex; version defaults to 0.1.
-    backbone_weights: 'imagenet' (torchvision cache), 'random', or a file; ignored when the
-    checkpoint carries its own backbone (original Graphics-LPIPS files do).
-    """
-    from .engine import resolve_device
+    net defaults to the checkpoint's network, else alex; version defaults to 0.1. backbone_weights:
+    'imagenet' (torchvision cache, the default), 'random', or a file; ignored when the checkpoint
+    carries its own backbone (original Graphics-LPIPS files do)."""
+    from .models.backbones import Backbone
+    from .models.lpips import VERSIONS, PerceptualDistance
     from .weights import bundled_head_state, load_backbone_weights, load_strict, read_checkpoint
 
-    if name is not None and name not in METRICS:
-        raise UnknownMetricError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)}")
+    head_type = {"lpips": "lpips", "graphics-lpips": "graphics", "baseline": "none"}[name]
     if version is not None and version not in VERSIONS:
         raise UnknownMetricError(f"unknown LPIPS version {version!r}: choose one of {', '.join(VERSIONS)}")
+    backbone_weights = backbone_weights or "imagenet"
     ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
-    if name is None:
-        name = "graphics-lpips" if ckpt is not None and ckpt.head_type == "graphics" else "lpips"
-    info = METRICS[name]
-    if info.name == "graphics-lpips" and ckpt is None:
+    if name == "graphics-lpips" and ckpt is None:
         raise WeightsError("graphics-lpips has no bundled weights: pass --checkpoint PATH (an original "
                            "Graphics-LPIPS .pth or one written by 'iqa train')")
     if ckpt is not None:
-        if info.head_type == "none":
+        if head_type == "none":
             raise UnknownMetricError("the baseline metric has no heads: drop --checkpoint or use --metric lpips")
-        if ckpt.head_type != info.head_type:
+        if ckpt.head_type != head_type:
             wanted = "graphics-lpips" if ckpt.head_type == "graphics" else "lpips"
             raise WeightsError(f"{ckpt.path} holds {ckpt.head_type} heads but metric {name!r} was asked for: "
                                f"use --metric {wanted}")
     net_name = canonical_net(net or (ckpt.net if ckpt and ckpt.net != "unknown" else "alex"))
     version = version or (ckpt.version if ckpt else "0.1")
     spec = BACKBONES[net_name]
-    model = PerceptualDistance(spec, version=version, head_type=info.head_type, spatial=spatial,
-                               backbone=Backbone(spec))
+    model = PerceptualDistance(spec, version=version, head_type=head_type, spatial=spatial, backbone=Backbone(spec))
     if ckpt is not None:
-        source = f"{ckpt.path} (for net '{ckpt.net}')"
         try:
-            load_strict(model.heads_module(), ckpt.head_state, source=source)
+            load_strict(model.heads_module(), ckpt.head_state, source=f"{ckpt.path} (for net '{ckpt.net}')")
         except WeightsError as exc:
             if ckpt.net in ("unknown", net_name):
                 raise
@@ -86,8 +140,142 @@ def create_metric(name: str | None = "lpips", net: str | None = None, version: s
         else:
             load_backbone_weights(model.net, spec, backbone_weights)
     else:
-        if info.head_type == "lpips":
+        if head_type == "lpips":
             load_strict(model.heads_module(), bundled_head_state(net_name, version),
                         source=f"bundled LPIPS v{version} {net_name} heads")
         load_backbone_weights(model.net, spec, backbone_weights)
-    return model.eval().to(resolve_device(device))
+    return model
+
+
+def _lpips(net=None, version=None, spatial=False, checkpoint=None, backbone_weights=None):
+    return _lpips_family("lpips", net, version, spatial, checkpoint, backbone_weights)
+
+
+def _graphics_lpips(net=None, spatial=False, checkpoint=None, backbone_weights=None):
+    return _lpips_family("graphics-lpips", net, None, spatial, checkpoint, backbone_weights)
+
+
+def _baseline(net=None, version=None, spatial=False, backbone_weights=None):
+    return _lpips_family("baseline", net, version, spatial, None, backbone_weights)
+
+
+def _psnr(colour: str = "luma"):
+    from .models.classic import PSNR
+
+    return PSNR(colour=colour)
+
+
+def _classic(cls_name: str):
+    def factory():
+        from .models import classic
+
+        return getattr(classic, cls_name)()
+
+    return factory
+
+
+def _fsim(chromatic: bool = True):
+    from .models.classic import FSIM
+
+    return FSIM(chromatic=chromatic)
+
+
+def _imagenet_file(net: str) -> str:
+    """torchvision's cache file name of a backbone (read off its weights enum, no download)."""
+    from urllib.parse import urlparse
+
+    from .weights import torchvision_weights_enum
+
+    return Path(urlparse(torchvision_weights_enum(BACKBONES[net]).url).path).name
+
+
+def _lpips_weights(heads: str) -> tuple[WeightsNeed, ...]:
+    needs = []
+    if heads == "bundled":
+        needs.append(WeightsNeed("LPIPS v0.1/v0.0 heads", "bundled", "heads/v0.1/alex.pth"))
+    elif heads == "checkpoint":
+        needs.append(WeightsNeed("Graphics-LPIPS heads (and backbone)", "user", "--checkpoint"))
+    return (*needs, *(WeightsNeed(f"ImageNet {net} backbone", "torchvision", _imagenet_file(net),
+                                  optional=net != "alex") for net in BACKBONES))
+
+
+NONE_NEEDED: tuple[WeightsNeed, ...] = ()
+INF = float("inf")
+
+SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("lpips", "fr", True, (0.0, INF), "RGB",
+               "LPIPS (Zhang et al. 2018): learned linear heads on alex/vgg/squeeze features", _lpips,
+               weights=_lpips_weights("bundled")),
+    MetricSpec("graphics-lpips", "fr", True, (0.0, INF), "RGB",
+               "Graphics-LPIPS (Nehme et al. 2022): MLP heads on AlexNet, weights from --checkpoint",
+               _graphics_lpips, weights=_lpips_weights("checkpoint"), aliases=("graphics_lpips",)),
+    MetricSpec("baseline", "fr", True, (0.0, INF), "RGB",
+               "LPIPS without heads: squared normalised feature differences summed over channels", _baseline,
+               weights=_lpips_weights("none")),
+    MetricSpec("psnr", "fr", False, (0.0, 80.0), "luma (0.299/0.587/0.114); colour='rgb' for all channels",
+               "peak signal-to-noise ratio in dB (identical images: 80, piq's MSE floor)", _psnr),
+    MetricSpec("ssim", "fr", False, (-1.0, 1.0), "luma",
+               "SSIM (Wang et al. 2004) as the reference ssim.m: 11x11 Gaussian, K 0.01/0.03, downsampling",
+               _classic("SSIM")),
+    MetricSpec("ms-ssim", "fr", False, (0.0, 1.0), "luma",
+               "multi-scale SSIM (Wang et al. 2003), five scales; images of at least 161x161",
+               _classic("MSSSIM"), aliases=("msssim", "ms_ssim")),
+    MetricSpec("fsim", "fr", False, (0.0, 1.0), "RGB (FSIMc); chromatic=False: luma",
+               "feature similarity (Zhang et al. 2011): phase congruency and gradient magnitude", _fsim,
+               aliases=("fsimc",)),
+    MetricSpec("gmsd", "fr", True, (0.0, INF), "luma",
+               "gradient magnitude similarity deviation (Xue et al. 2014)", _classic("GMSD")),
+    MetricSpec("vif", "fr", False, (0.0, INF), "luma",
+               "visual information fidelity, pixel domain (Sheikh and Bovik 2006); 1 for a copy",
+               _classic("VIF"), aliases=("vifp", "vif-p")),
+)
+
+METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
+_ALIASES: dict[str, str] = {alias: spec.name for spec in SPECS for alias in (spec.name, *spec.aliases)}
+
+
+def list_metrics(kind: str | None = None) -> list[MetricSpec]:
+    """Every registered metric (optionally only "fr" or "nr"), in the registry's order."""
+    return [spec for spec in SPECS if kind is None or spec.kind == kind]
+
+
+def get_spec(name: str) -> MetricSpec:
+    """The spec of a metric name or alias (case-insensitive)."""
+    key = str(name).strip().lower()
+    if key not in _ALIASES:
+        raise UnknownMetricError(f"unknown metric {name!r}: choose one of {', '.join(METRICS)} "
+                                 f"('iqa list-metrics' describes them)")
+    return METRICS[_ALIASES[key]]
+
+
+def checkpoint_metric(checkpoint: str | Path) -> str:
+    """The metric a checkpoint file holds weights for (what ``--checkpoint`` alone selects)."""
+    from .weights import read_checkpoint
+
+    return "graphics-lpips" if read_checkpoint(checkpoint).head_type == "graphics" else "lpips"
+
+
+def create_metric(name: str | None = None, *, device: str = "cpu", input_range: str | None = None,
+                  as_loss: bool = False, **options: Any):
+    """Build a ready-to-use metric (eval mode, frozen weights, on ``device``).
+
+    name: a registered name or alias (see ``list_metrics()``); None means what ``checkpoint`` holds,
+    else lpips. options: the metric's own (``get_spec(name).options``); None values are ignored, so
+    callers may pass every option they have. input_range '[-1,1]' or '[0,255]' accepts such float
+    images; as_loss keeps autograd on in calls (inference runs without it by default).
+    """
+    from .engine import resolve_device
+
+    options = {k: v for k, v in options.items() if v is not None}
+    if name is None:
+        name = checkpoint_metric(options["checkpoint"]) if "checkpoint" in options else "lpips"
+    spec = get_spec(name)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        accepted = ", ".join(spec.options) or "none"
+        raise InvalidInputError(f"metric {spec.name} does not take {', '.join(unknown)} (its options: {accepted})")
+    metric = spec.factory(**options)
+    metric.set_input_range(input_range).as_loss(as_loss)
+    for p in metric.parameters():
+        p.requires_grad_(False)  # frozen: a metric used as a loss passes gradients to its inputs only
+    return metric.eval().to(resolve_device(device))

@@ -49,14 +49,16 @@ def test_two_files_plain_prints_the_score(cli, examples):
     assert float(result.stdout.strip()) == pytest.approx(expected, abs=1e-6)
 
 
-def test_spatial_map_png_has_the_image_size(cli, tmp_path, rng):
+def test_spatial_map_png_has_the_image_size_plus_a_colour_bar(cli, tmp_path, rng):
     a = save_png(tmp_path / "a.png", rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
     b = save_png(tmp_path / "b.png", rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
-    result = cli("score-pair", a, b, "--spatial-map", tmp_path / "heat.png")
-    assert result.exit_code == 0, result.output
-    with Image.open(tmp_path / "heat.png") as heat:
-        assert heat.size == (53, 37) and heat.mode == "RGB"
-        assert np.asarray(heat).std() > 0
+    assert cli("score-pair", a, b, "--spatial-map", tmp_path / "heat.png").exit_code == 0
+    assert cli("score-pair", a, b, "--spatial-map", tmp_path / "bare.png", "--no-colorbar").exit_code == 0
+    with Image.open(tmp_path / "heat.png") as heat, Image.open(tmp_path / "bare.png") as bare:
+        assert bare.size == (53, 37) and bare.mode == "RGB"
+        assert np.asarray(bare).std() > 0
+        assert heat.size[1] == 37 and heat.size[0] > 53  # the bar is a strip on the right
+        np.testing.assert_array_equal(np.asarray(heat)[:, :53], np.asarray(bare))
 
 
 def test_spatial_map_format_follows_the_file_name(cli, tmp_path, rng):
@@ -211,7 +213,7 @@ def test_public_api_names_resolve():
 def test_spatial_dir_writes_one_heat_map_per_pair(cli, tmp_path, rng):
     ref, dist = make_folders(tmp_path, rng)
     out = tmp_path / "maps"
-    result = cli("score-pair", ref, dist, "--spatial-dir", out)
+    result = cli("score-pair", ref, dist, "--spatial-dir", out, "--no-colorbar")
     assert result.exit_code == 0, result.output
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["sub/y.png", "x.png", "z.png"]

@@ -98,6 +98,38 @@ def progress_bar(description: str, total: int | None, unit: str, enabled: bool =
         yield advance
 
 
+def build_metrics(names: list[str] | None, kind: str | None = None, device: str = "auto", **options) -> list:
+    """The metrics of a repeatable/comma-separated --metric option, each given the options it takes.
+
+    Options nobody asked for are an error (``--net`` with only ``ssim``); a metric of the wrong kind
+    (a no-reference metric in score-pair) is an error naming the kind wanted."""
+    from ..errors import InvalidInputError
+    from ..registry import checkpoint_metric, create_metric, get_spec
+
+    wanted = [n.strip() for value in (names or []) for n in str(value).split(",") if n.strip()]
+    options = {k: v for k, v in options.items() if v is not None}
+    if not wanted:  # what --checkpoint holds, else lpips
+        wanted = [checkpoint_metric(options["checkpoint"]) if "checkpoint" in options else "lpips"]
+    specs = [get_spec(n) for n in wanted]
+    seen = [s.name for s in specs]
+    dupes = sorted({n for n in seen if seen.count(n) > 1})
+    if dupes:
+        raise InvalidInputError(f"--metric {dupes[0]} is given twice: give each metric once")
+    for spec in specs:
+        if kind is not None and spec.kind != kind:
+            what, needed = (("no-reference", "full-reference metrics (ref, dist)") if kind == "fr"
+                            else ("full-reference", "no-reference metrics (one image)"))
+            raise InvalidInputError(f"--metric {spec.name} is a {what} metric; this command takes {needed} "
+                                    f"('iqa list-metrics' shows each metric's kind)")
+    unused = sorted(set(options) - {o for s in specs for o in s.options})
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        raise InvalidInputError(f"{flag} does not apply to --metric {', '.join(seen)} "
+                                f"(see 'iqa list-metrics --json' for each metric's options)")
+    return [create_metric(spec.name, device=device, **{k: v for k, v in options.items() if k in spec.options})
+            for spec in specs]
+
+
 def resolve_backbone_weights(path: Path | None) -> str | Path:
     return path if path is not None else "imagenet"
 

@@ -98,30 +98,73 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise InvalidInputError(f"{path}: not an image PIL can read") from None
 
 
+RAW_MAP_SUFFIXES = {".npy": "NPY", ".tif": "TIFF-F", ".tiff": "TIFF-F"}  # the float distances themselves
+
+
 def heatmap_format(path: str | Path, option: str = "--spatial-map") -> str:
-    """The PIL format a heat-map file name asks for (.png, .jpg, .tif, .webp, ...); a name that is
-    not an image PIL can write is refused before any work."""
+    """How a heat-map file name asks to be written: 'NPY' or 'TIFF-F' (raw float32 distances), or the
+    PIL format of a colour image (.png, .jpg, .webp, ...). Other names are refused before any work."""
     suffix = Path(path).suffix.lower()
+    if suffix in RAW_MAP_SUFFIXES:
+        return RAW_MAP_SUFFIXES[suffix]
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None or fmt not in Image.SAVE:
-        raise InvalidInputError(f"{path}: {option} writes an image; give a file name ending in .png (or .jpg, .tif, "
-                                f".webp), not '{suffix or 'no suffix'}'")
+        raise InvalidInputError(f"{path}: {option} writes an image; give a file name ending in .png (or .jpg, .webp; "
+                                f".npy or .tif for raw float maps), not '{suffix or 'no suffix'}'")
     return fmt
 
 
-def save_heatmap(path: str | Path, distance_map: np.ndarray, vmax: float | None = None) -> Path:
-    """Write an (H, W) distance map as a colour image at the image's resolution, in the format the
-    file name asks for (inferno colormap; 0 is black, ``vmax`` -- default the map's maximum -- is
-    white-yellow)."""
-    fmt = heatmap_format(path)
+def colorize(distance_map: np.ndarray, vmax: float | None = None) -> tuple[np.ndarray, float]:
+    """(H, W) distances -> (H, W, 3) uint8 inferno colours, and the value shown white-yellow
+    (``vmax``, default the map's maximum; 0 is black)."""
     from matplotlib import colormaps
 
+    d = np.asarray(distance_map, dtype=np.float64)
+    top = float(vmax) if vmax else float(np.nanmax(d)) if d.size else 0.0
+    scaled = np.clip(d / top, 0, 1) if top > 0 else np.zeros_like(d)
+    return (colormaps["inferno"](scaled)[..., :3] * 255).round().astype(np.uint8), top
+
+
+def with_colorbar(rgb: np.ndarray, top: float) -> np.ndarray:
+    """The heat map with a colour bar strip on its right: the inferno scale from 0 (bottom) to ``top``,
+    labelled at 0, top/2 and top. The map keeps its pixels at (0, 0)-(W, H)."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    h = rgb.shape[0]
+    labels = [f"{v:.3g}" for v in (top, top / 2, 0.0)]
+    font = ImageFont.load_default()
+    text_w = max(int(np.ceil(font.getlength(t))) for t in labels)
+    bar_w, gap = 10, 4
+    strip = Image.new("RGB", (gap + bar_w + gap + text_w + gap, h), (255, 255, 255))
+    ramp = colormaps["inferno"](np.linspace(1, 0, h))[:, :3]
+    strip.paste(Image.fromarray((np.repeat(ramp[:, None, :], bar_w, axis=1) * 255).round().astype(np.uint8)),
+                (gap, 0))
+    draw = ImageDraw.Draw(strip)
+    ascent = font.getbbox("0")[3]
+    for text, y in zip(labels, (0, (h - ascent) // 2, h - ascent - 1)):
+        draw.text((gap + bar_w + gap, max(0, y)), text, fill=(0, 0, 0), font=font)
+    return np.concatenate([rgb, np.asarray(strip)], axis=1)
+
+
+def save_heatmap(path: str | Path, distance_map: np.ndarray, vmax: float | None = None,
+                 colorbar: bool = True) -> Path:
+    """Write an (H, W) distance map as the file name asks: .npy / .tif the raw float32 distances;
+    .png an inferno colour image at the image's resolution with a colour bar on its right (unless
+    ``colorbar`` is False); .jpg / .webp / ... the colour image alone. Colours run from black (0) to
+    white-yellow (``vmax``, default each map's own maximum: pass one value to compare maps)."""
+    fmt = heatmap_format(path)
     from .files import atomic_path
 
-    d = np.asarray(distance_map, dtype=np.float64)
-    top = float(vmax) if vmax else float(d.max())
-    scaled = np.clip(d / top, 0, 1) if top > 0 else np.zeros_like(d)
-    rgb = (colormaps["inferno"](scaled)[..., :3] * 255).round().astype(np.uint8)
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format=fmt)
+        if fmt == "NPY":
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(distance_map, dtype=np.float32))
+        elif fmt == "TIFF-F":
+            Image.fromarray(np.asarray(distance_map, dtype=np.float32), mode="F").save(tmp, format="TIFF")
+        else:
+            rgb, top = colorize(distance_map, vmax)
+            if colorbar and fmt == "PNG":
+                rgb = with_colorbar(rgb, top)
+            Image.fromarray(rgb).save(tmp, format=fmt)
     return Path(path)

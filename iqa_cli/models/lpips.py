@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from .backbones import BACKBONES, Backbone, BackboneSpec
+from .base import QualityMetric
 from .heads import make_head
 
 VERSIONS = ("0.1", "0.0")
@@ -62,12 +63,17 @@ def check_input_size(spec: BackboneSpec, hw: tuple[int, int], name: str = "image
                                 f"{spec.min_size}x{spec.min_size} pixels ({hint})")
 
 
-class PerceptualDistance(nn.Module):
-    """LPIPS-family distance on images in [0, 1].
+class PerceptualDistance(QualityMetric):
+    """LPIPS-family distance on images in [0, 1]: ``metric(ref, dist)`` (symmetric), 0 = identical.
 
     head_type: "lpips" (linear heads), "graphics" (MLP heads) or "none" (the paper's baseline:
-    squared normalised differences summed over channels).
+    squared normalised differences summed over channels). With ``spatial`` a call returns
+    (N, 1, H, W) distance maps instead of (N,) distances.
     """
+
+    kind = "fr"
+    lower_better = True
+    makes_maps = True  # score_with_maps gives per-pixel maps (score-pair --spatial-map)
 
     def __init__(self, spec: BackboneSpec, version: str = "0.1", head_type: str = "lpips", spatial: bool = False,
                  backbone: Backbone | None = None):
@@ -78,7 +84,7 @@ class PerceptualDistance(nn.Module):
         self.version = version
         self.head_type = head_type
         self.spatial = spatial
-        self.metric_name = {"lpips": "lpips", "graphics": "graphics-lpips", "none": "baseline"}[head_type]
+        self.name = {"lpips": "lpips", "graphics": "graphics-lpips", "none": "baseline"}[head_type]
         self.net = backbone if backbone is not None else Backbone(spec)
         if head_type != "none":
             for k, channels in enumerate(spec.channels):
@@ -156,17 +162,33 @@ class PerceptualDistance(nn.Module):
             return total
         return averaged_sum(self.layer_maps(feats0, feats1, reuse_feats1))
 
-    def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
-        if img0.ndim == 3:
-            img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
-        if img0.shape != img1.shape or img0.ndim != 4 or img0.shape[1] != 3:
-            raise ValueError(f"expected two (N, 3, H, W) batches of one shape, got {tuple(img0.shape)} "
-                             f"and {tuple(img1.shape)}")
-        check_input_size(self.spec, tuple(img0.shape[2:]))
-        if img0.shape[0] == 0:
-            return img0.new_zeros((0, 1, *img0.shape[2:]) if self.spatial else (0,))
+    @property
+    def metric_name(self) -> str:  # the name outputs used before the registry had one for every metric
+        return self.name
+
+    def meta(self) -> dict:
+        return {"metric": self.name, "net": self.spec.name, "version": None if self.head_type == "none" else self.version}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.spec.name}{'' if self.head_type == 'none' else ', v' + self.version})"
+
+    def check_size(self, hw: tuple[int, int], name: str = "images") -> None:
+        check_input_size(self.spec, hw, name)
+
+    def score(self, ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        check_input_size(self.spec, tuple(ref.shape[2:]))
+        if ref.shape[0] == 0:
+            return ref.new_zeros((0, 1, *ref.shape[2:]) if self.spatial else (0,))
         # One backbone pass over both images: fewer, larger kernels than two passes.
-        feats = self.features(torch.cat([img0, img1]))
-        n = img0.shape[0]
+        feats = self.features(torch.cat([ref, dist]))
+        n = ref.shape[0]
         return self.distance_from_features([f[:n] for f in feats], [f[n:] for f in feats],
-                                           out_hw=tuple(img0.shape[2:]), reuse_feats1=True)
+                                           out_hw=tuple(ref.shape[2:]), reuse_feats1=True)
+
+    def score_with_maps(self, ref: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) distances and their (N, H, W) per-pixel maps from one backbone pass."""
+        check_input_size(self.spec, tuple(ref.shape[2:]))
+        feats = self.features(torch.cat([ref, dist]))
+        n = ref.shape[0]
+        maps = self.layer_maps([f[:n] for f in feats], [f[n:] for f in feats])
+        return averaged_sum(maps), upsampled_sum(maps, tuple(ref.shape[2:])).squeeze(1)
