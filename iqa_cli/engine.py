@@ -266,20 +266,49 @@ def check_store_patch_size(store, spec) -> None:
                                 + (f", or use --net {' / '.join(fits)})" if fits else ")"))
 
 
+def _has_feature_path(metric) -> bool:
+    """LPIPS-family metrics split into features + distance, so reference features can be reused."""
+    return hasattr(metric, "features") and hasattr(metric, "distance_from_features")
+
+
+def _score_store_pairs(store, metric, chunks, dev, precision, num_workers, distances, advance) -> None:
+    """Any full-reference metric on the store: each batch's reference patches are read by row and
+    the pairs scored as images (no features to reuse)."""
+    loader = make_loader(_StoreChunks(store, chunks), None, dev, num_workers=num_workers)
+    with torch.inference_mode(), autocast(dev, precision):
+        for i, patches, refs in loader:
+            start, stop = chunks[i]
+            unique, inverse = np.unique(refs.numpy(), return_inverse=True)
+            ref = to_device_float(torch.from_numpy(store.read_reference_rows(unique)), dev)
+            ref = ref[torch.from_numpy(inverse.reshape(-1)).to(dev)]
+            d = metric.score(ref, to_device_float(patches, dev))
+            distances[start:stop] = d.double().cpu().numpy()
+            if advance is not None:
+                advance(stop - start)
+
+
 def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | None = None, device="auto",
                         precision: str = "fp32", num_workers: int | None = None,
                         advance: Advance | None = None) -> np.ndarray:
-    """Distance of every distorted patch of the given stimuli (all by default) to its reference patch.
+    """Score of every distorted patch of the given stimuli (all by default) against its reference patch.
 
-    Returns a float64 array over the store's distorted rows; rows not scored are NaN.
+    LPIPS-family metrics reuse each reference patch's features for all its stimuli; any other
+    full-reference metric scores the patch pairs as images. Returns a float64 array over the
+    store's distorted rows; rows not scored are NaN.
     """
-    check_store_patch_size(store, metric.spec)
+    if _has_feature_path(metric):
+        check_store_patch_size(store, metric.spec)
+    else:
+        metric.check_size((int(store.patch_size),) * 2, name=f"{store.path} patches")
     dev = resolve_device(device)
-    batch_size = batch_size or default_batch_size(metric.spec.name)
+    batch_size = batch_size or default_batch_size(getattr(getattr(metric, "spec", None), "name", ""))
     rows = range(len(store.stimuli)) if stimulus_rows is None else stimulus_rows
     chunks = plan_store_chunks(store, rows, batch_size)
     distances = np.full(store.n_patches, np.nan)
     metric = metric.to(dev).eval()
+    if not _has_feature_path(metric):
+        _score_store_pairs(store, metric, chunks, dev, precision, num_workers, distances, advance)
+        return distances
     references = _ReferenceFeatures(store, metric, dev, batch_size)
     loader = make_loader(_StoreChunks(store, chunks), None, dev, num_workers=num_workers)
     with torch.inference_mode(), autocast(dev, precision):

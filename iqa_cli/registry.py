@@ -192,9 +192,9 @@ def _imagenet_file(net: str) -> str:
 def _lpips_weights(heads: str) -> tuple[WeightsNeed, ...]:
     needs = []
     if heads == "bundled":
-        needs.append(WeightsNeed("LPIPS v0.1/v0.0 heads", "bundled", "heads/v0.1/alex.pth"))
+        needs.append(WeightsNeed("LPIPS heads", "bundled", "heads/v0.1/alex.pth"))
     elif heads == "checkpoint":
-        needs.append(WeightsNeed("Graphics-LPIPS heads (and backbone)", "user", "--checkpoint"))
+        needs.append(WeightsNeed("Graphics-LPIPS heads", "user", "--checkpoint"))
     return (*needs, *(WeightsNeed(f"ImageNet {net} backbone", "torchvision", _imagenet_file(net),
                                   optional=net != "alex") for net in BACKBONES))
 

@@ -1,7 +1,8 @@
 """Quality of every stimulus of a mesh-quality database, and its agreement with MOS.
 
 Score of a stimulus = mean over its patches (all views) of min(d_patch, 1), as Graphics-LPIPS
-defines it; stimuli whose model had no usable patch are flagged and scored NaN, never 0.
+defines it for LPIPS-family distances (other metrics: the plain mean of the patch scores);
+stimuli whose model had no usable patch are flagged and scored NaN, never 0.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class MeshDBResult:
     correlation: CorrelationReport | None
     flagged: list[str] = field(default_factory=list)
     n_patches: int = 0
+    description: str = ""  # the metric in one human line, e.g. "lpips (alex, v0.1)"
 
     def to_dict(self) -> dict:
         stats = self.correlation.to_dict() if self.correlation else {}
@@ -58,9 +60,10 @@ def open_store(store):
     return store if isinstance(store, PatchStore) else PatchStore.open(store)
 
 
-def aggregate(distances: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Mean of min(d, 1) over each stimulus's contiguous patch run; NaN for empty runs."""
-    clipped = np.minimum(distances, 1.0)
+def aggregate(distances: np.ndarray, first: np.ndarray, count: np.ndarray, cap: float | None = 1.0) -> np.ndarray:
+    """Mean of min(d, cap) over each stimulus's contiguous patch run (no cap when None); NaN for
+    empty runs. Graphics-LPIPS caps patch distances at 1; other metrics' patch scores are averaged."""
+    clipped = distances if cap is None else np.minimum(distances, cap)
     out = np.full(len(first), np.nan)
     for i, (f, c) in enumerate(zip(first, count)):
         if c > 0:
@@ -79,7 +82,7 @@ def stimulus_scores(store, metric, stimuli: Sequence[int] | None = None, batch_s
     d = score_store_patches(store, metric, rows, batch_size=batch_size, device=device, precision=precision,
                             num_workers=num_workers, advance=advance)
     table = store.stimuli.iloc[rows]
-    return aggregate(d, table["first"].to_numpy(), table["count"].to_numpy())
+    return aggregate(d, table["first"].to_numpy(), table["count"].to_numpy(), getattr(metric, "patch_score_cap", None))
 
 
 def score_mesh_db(store, metric, batch_size: int | None = None, device="auto", precision: str = "fp32", fit: str = "glm",
@@ -102,6 +105,6 @@ def score_mesh_db(store, metric, batch_size: int | None = None, device="auto", p
     scorable = int((np.isfinite(scores) & np.isfinite(mos)).sum())
     # Correlation needs a few points; with fewer the scores are still worth returning.
     report = correlation_report(scores, mos, fit=fit) if scorable >= MIN_STIMULI_FOR_CORRELATION else None
-    meta = {"metric": metric.metric_name, "net": metric.spec.name, "version": metric.version}
+    meta = metric.meta()
     return MeshDBResult(store.path, meta, rows, report, [r.stimulus for r in rows if r.flag],
-                        int(table["count"].sum()))
+                        int(table["count"].sum()), metric.describe())

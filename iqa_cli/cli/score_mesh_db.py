@@ -1,4 +1,4 @@
-"""`iqa score-mesh-db`: Graphics-LPIPS (or LPIPS) quality of every stimulus in a patch store."""
+"""`iqa score-mesh-db`: Graphics-LPIPS (or any full-reference metric) quality of every stimulus in a patch store."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, VersionOpt, emit_json,
-                     err_console, progress_bar, resolve_backbone_weights)
+from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, VersionOpt, build_metrics,
+                     emit_json, err_console, progress_bar)
 
 
 def score_mesh_db(
     store: Path = typer.Argument(..., help="Patch store written by 'iqa patchify'."),
     checkpoint: Optional[Path] = CheckpointOpt,
-    metric: Optional[str] = typer.Option(None, "--metric", help="lpips | graphics-lpips | baseline "
+    metric: Optional[str] = typer.Option(None, "--metric", help="A full-reference metric from 'iqa list-metrics' "
                                          "(default: what --checkpoint holds, else lpips)."),
     net: Optional[str] = NetOpt,
     version: Optional[str] = VersionOpt,
@@ -35,7 +35,8 @@ def score_mesh_db(
     """Score every stimulus of a mesh-quality database and, with MOS, report PLCC/SROCC/KROCC/RMSE.
 
     A stimulus's score is the mean over its patches of min(d, 1), d the distance between each
-    distorted patch and the reference patch cut at the same place.
+    distorted patch and the reference patch cut at the same place (other metrics than the LPIPS
+    family: the mean of the patch scores).
 
     \b
     Examples:
@@ -45,7 +46,6 @@ def score_mesh_db(
     from ..errors import InvalidInputError
     from ..io.files import check_output_path, write_csv
     from ..stats.correlation import FITS
-    from ..registry import create_metric
     from ..score_db import open_store, score_mesh_db as run
 
     if fit not in FITS:
@@ -60,8 +60,8 @@ def score_mesh_db(
         from ..plots import plot_format
 
         plot_format(plot)
-    model = create_metric(metric, net=net, version=version, checkpoint=checkpoint,
-                          backbone_weights=resolve_backbone_weights(backbone_weights), device=device)
+    (model,) = build_metrics([metric] if metric else None, kind="fr", net=net, version=version,
+                             checkpoint=checkpoint, backbone_weights=backbone_weights, device=device)
     with progress_bar("scoring", patch_store.n_patches, "patches") as advance:
         result = run(patch_store, model, batch_size=batch_size, device=device, precision=precision, fit=fit,
                      num_workers=workers, advance=advance)
@@ -77,7 +77,7 @@ def score_mesh_db(
         from ..plots import scatter_with_fit
 
         scatter_with_fit(plot, [r.score for r in result.stimuli], [r.mos for r in result.stimuli],
-                         result.correlation.fit, title=f"{model.metric_name} ({model.spec.name}) on {store.name}")
+                         result.correlation.fit, title=f"{model.describe()} on {store.name}")
     if result.flagged:
         err_console.print(f"[yellow]warning:[/] {len(result.flagged)} stimulus(es) have no usable patch "
                           f"(their model showed no foreground tile) and are not scored: "
@@ -93,8 +93,7 @@ def _print(result) -> None:
     from rich.table import Table
 
     console = Console()
-    meta = result.metric
-    title = f"{meta['metric']} ({meta['net']}, v{meta['version']}) on {result.store.name}"
+    title = f"{result.description} on {result.store.name}"
     table = Table(title=title)
     for col in ("model", "stimulus", "patches", "score") + (("MOS",) if result.correlation else ()):
         table.add_column(col, justify="left" if col in ("model", "stimulus") else "right")

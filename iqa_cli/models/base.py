@@ -33,6 +33,8 @@ class QualityMetric(nn.Module):
     name: str = ""
     kind: str = "fr"
     lower_better: bool = True
+    makes_maps = False  # True where score_with_maps(ref, dist) gives per-pixel maps
+    patch_score_cap: float | None = None  # a database of patches averages min(score, cap) per stimulus
 
     def __init__(self) -> None:
         super().__init__()

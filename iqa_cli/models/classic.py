@@ -11,7 +11,8 @@ computed on, so the colour handling is stated once and matches the reference def
            downsampling by f = max(1, round(min(H, W) / 256)): an f x f mean filter with symmetric
            borders (MATLAB imfilter 'symmetric', kernel centre floor((f + 1) / 2)), then every f-th
            pixel. piq's own downsampling is a plain average pool, which differs for odd f.
-  ms-ssim  luma, piq's five-scale MS-SSIM (Wang, Simoncelli, Bovik 2003 weights); needs 161x161.
+  ms-ssim  luma, five scales with the reference msssim.m's weights and its 2x2 symmetric-border
+           downsampling between scales (piq's SSIM at each scale); needs 161x161.
   fsim     FSIMc on RGB (Zhang et al. 2011: phase congruency and gradient on Y, chromatic I/Q
            terms); ``chromatic=False`` gives grey FSIM (on the Y of YIQ, i.e. the same luma).
   gmsd     luma; the reference's 2x2 mean and subsampling, Prewitt gradients, deviation of GMS.
@@ -127,6 +128,15 @@ class SSIM(_ClassicMetric):
                         k1=0.01, k2=0.03)
 
 
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def halve(x: torch.Tensor) -> torch.Tensor:
+    """msssim.m's step between scales: 2x2 mean with symmetric borders, every other pixel (odd sizes
+    keep their last row/column, averaged with itself; piq pads odd sizes on the other side)."""
+    return F.avg_pool2d(_pad_symmetric(x, 0, 1), kernel_size=2, stride=2)
+
+
 class MSSSIM(_ClassicMetric):
     name = "ms-ssim"
     lower_better = False
@@ -135,8 +145,18 @@ class MSSSIM(_ClassicMetric):
     def compute(self, ref, dist):
         import piq
 
-        return piq.multi_scale_ssim(luma(ref), luma(dist), kernel_size=11, kernel_sigma=1.5, data_range=1.0,
-                                    reduction="none", k1=0.01, k2=0.03)
+        x, y = luma(ref), luma(dist)
+        total = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        for level, weight in enumerate(MS_SSIM_WEIGHTS):
+            if level:
+                x, y = halve(x), halve(y)
+            ssim_value, cs = piq.ssim(x, y, kernel_size=11, kernel_sigma=1.5, data_range=1.0, reduction="none",
+                                      full=True, downsample=False, k1=0.01, k2=0.03)
+            # contrast-structure at the finer scales, full SSIM at the coarsest (Wang, Simoncelli, Bovik 2003);
+            # a negative term would make the fractional power undefined: it counts as 0, as piq does
+            term = ssim_value if level == len(MS_SSIM_WEIGHTS) - 1 else cs
+            total = total * torch.relu(term) ** weight
+        return total
 
 
 class FSIM(_ClassicMetric):

@@ -74,6 +74,7 @@ class PerceptualDistance(QualityMetric):
     kind = "fr"
     lower_better = True
     makes_maps = True  # score_with_maps gives per-pixel maps (score-pair --spatial-map)
+    patch_score_cap = 1.0  # Graphics-LPIPS: a stimulus scores the mean of min(d, 1) over its patches
 
     def __init__(self, spec: BackboneSpec, version: str = "0.1", head_type: str = "lpips", spatial: bool = False,
                  backbone: Backbone | None = None):
