@@ -2,7 +2,7 @@
 
 KADIS-700k ships pristine images and a MATLAB generator; GraphIQA pretrains on these labels and
 GRepQ's low-level encoder learns from this kind of damage. This module re-implements the generator
-from its description (docs/distortions.md, ../shared/reference/distortions.md) with numpy, scipy
+from its description (docs/distortions.md) with numpy, scipy
 and Pillow only, so that ``iqa distort`` runs wherever the package does.
 
 Every distortion is ``f(image, level, rng) -> image``: ``image`` is float64 RGB in [0, 1] of shape
@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from .errors import InvalidInputError
 
-Image = np.ndarray
+RGBImage = np.ndarray  # float64 (H, W, 3) in [0, 1]
 Distortion = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 # The five parameter values of each type, level 1..5 (KADID-10k's imdist_generator).
@@ -338,23 +338,23 @@ def _pil_roundtrip(image: np.ndarray, **save_args) -> np.ndarray:
 
 # == the 25 distortions ==============================================================================
 
-def blur_gaussian(image: Image, level: int, rng: np.random.Generator) -> Image:
+def blur_gaussian(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """1. Gaussian blur: ``imgaussfilt`` with sigma 0.1 ... 5."""
     return gaussian_blur(image, level_value(1, level))
 
 
-def blur_lens(image: Image, level: int, rng: np.random.Generator) -> Image:
+def blur_lens(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """2. Lens blur: a disk kernel of radius 1 ... 8, replicated borders."""
     return correlate_replicate(image, disk_kernel(level_value(2, level)))
 
 
-def blur_motion(image: Image, level: int, rng: np.random.Generator) -> Image:
+def blur_motion(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """3. Motion blur: a line kernel of length 1 ... 10 at a uniform random angle in [0, 180)."""
     angle = float(rng.uniform(0.0, 180.0))
     return correlate_replicate(image, motion_kernel(level_value(3, level), angle))
 
 
-def color_diffusion(image: Image, level: int, rng: np.random.Generator) -> Image:
+def color_diffusion(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """4. Colour diffusion: a*, b* blurred with sigma 1.5a + 2 and multiplied by a; L kept."""
     amount = level_value(4, level)
     lab = rgb2lab(image)
@@ -362,7 +362,7 @@ def color_diffusion(image: Image, level: int, rng: np.random.Generator) -> Image
     return np.clip(lab2rgb(lab), 0.0, 1.0)
 
 
-def color_shift(image: Image, level: int, rng: np.random.Generator) -> Image:
+def color_shift(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """5. Colour shift: the green channel moved by ``amount`` px in a random direction, blended in
     where the image has edges (smoothed Sobel magnitude of the grey image, stretched, floored at 0.1,
     then stretched between its 1st and 99th percentiles)."""
@@ -381,7 +381,7 @@ def color_shift(image: Image, level: int, rng: np.random.Generator) -> Image:
     return out
 
 
-def color_quantization(image: Image, level: int, rng: np.random.Generator) -> Image:
+def color_quantization(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """6. Colour quantization (approximate): a median-cut palette of n colours, applied with
     Floyd-Steinberg dithering (Pillow), for MATLAB's minimum-variance ``rgb2ind(I, n)``."""
     from PIL import Image as PILImage
@@ -399,21 +399,21 @@ def color_quantization(image: Image, level: int, rng: np.random.Generator) -> Im
     return _from_uint8(quantized.convert("RGB"))
 
 
-def color_saturation_hsv(image: Image, level: int, rng: np.random.Generator) -> Image:
+def color_saturation_hsv(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """7. Colour saturation 1: HSV saturation multiplied by 0.4 ... -0.4."""
     hsv = rgb2hsv(image)
     hsv[..., 1] *= level_value(7, level)
     return np.clip(hsv2rgb(hsv), 0.0, 1.0)
 
 
-def color_saturation_lab(image: Image, level: int, rng: np.random.Generator) -> Image:
+def color_saturation_lab(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """8. Colour saturation 2: a*, b* multiplied by 1 ... 9."""
     lab = rgb2lab(image)
     lab[..., 1:] *= level_value(8, level)
     return np.clip(lab2rgb(lab), 0.0, 1.0)
 
 
-def jpeg2000(image: Image, level: int, rng: np.random.Generator) -> Image:
+def jpeg2000(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """9. JPEG2000 at compression ratio 16 ... 400 (OpenJPEG through Pillow, irreversible 9/7
     wavelet with the colour transform, one quality layer at the target rate)."""
     ratio = level_value(9, level)
@@ -422,18 +422,18 @@ def jpeg2000(image: Image, level: int, rng: np.random.Generator) -> Image:
                           irreversible=True, mct=1, num_resolutions=resolutions)
 
 
-def jpeg(image: Image, level: int, rng: np.random.Generator) -> Image:
+def jpeg(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """10. JPEG at quality 43 ... 4 (libjpeg through Pillow, 4:2:0 chroma)."""
     return _pil_roundtrip(image, format="JPEG", quality=int(level_value(10, level)), subsampling="4:2:0")
 
 
-def noise_white(image: Image, level: int, rng: np.random.Generator) -> Image:
+def noise_white(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """11. White noise: N(0, var) added to every RGB sample."""
     sigma = math.sqrt(level_value(11, level))
     return np.clip(image + rng.normal(0.0, sigma, image.shape), 0.0, 1.0)
 
 
-def noise_color_component(image: Image, level: int, rng: np.random.Generator) -> Image:
+def noise_color_component(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """12. White noise in the colour components: N(0, var) added in YCbCr (clipped there, as
     ``imnoise`` does), back to RGB."""
     sigma = math.sqrt(level_value(12, level))
@@ -441,7 +441,7 @@ def noise_color_component(image: Image, level: int, rng: np.random.Generator) ->
     return np.clip(ycbcr2rgb(ycbcr), 0.0, 1.0)
 
 
-def noise_impulse(image: Image, level: int, rng: np.random.Generator) -> Image:
+def noise_impulse(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """13. Impulse noise: a fraction d of the samples (each channel on its own) set to 0 or 1."""
     density = level_value(13, level)
     u = rng.random(image.shape)
@@ -451,7 +451,7 @@ def noise_impulse(image: Image, level: int, rng: np.random.Generator) -> Image:
     return out
 
 
-def noise_multiplicative(image: Image, level: int, rng: np.random.Generator) -> Image:
+def noise_multiplicative(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """14. Multiplicative noise: I + n*I with n uniform, mean 0, variance var (``imnoise`` speckle)."""
     var = level_value(14, level)
     n = math.sqrt(12.0 * var) * (rng.random(image.shape) - 0.5)
@@ -486,7 +486,7 @@ def nonlocal_means(channel: np.ndarray, sigma: float, patch_radius: int = 2, sea
     return (total / weights).astype(np.float64)
 
 
-def denoise(image: Image, level: int, rng: np.random.Generator) -> Image:
+def denoise(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """15. Denoise (approximate): N(0, var) added and clipped, then each channel denoised by
     non-local means at the known noise level, for the original's pretrained DnCNN."""
     sigma = math.sqrt(level_value(15, level))
@@ -494,7 +494,7 @@ def denoise(image: Image, level: int, rng: np.random.Generator) -> Image:
     return np.clip(np.stack([nonlocal_means(noisy[..., c], sigma) for c in range(3)], -1), 0.0, 1.0)
 
 
-def brighten(image: Image, level: int, rng: np.random.Generator) -> Image:
+def brighten(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """16. Brighten: the tone curve through (0.5, 0.5 + a/2) on RGB (weight 2) and on Lab L (weight 1)."""
     point = [(0.5, 0.5 + level_value(16, level) / 2)]
     lab = rgb2lab(image)
@@ -502,17 +502,17 @@ def brighten(image: Image, level: int, rng: np.random.Generator) -> Image:
     return (2.0 * tone_curve(image, point) + np.clip(lab2rgb(lab), 0.0, 1.0)) / 3.0
 
 
-def darken(image: Image, level: int, rng: np.random.Generator) -> Image:
+def darken(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """17. Darken: the tone curve through (0.5, 0.5 - a/2) on RGB."""
     return tone_curve(image, [(0.5, 0.5 - level_value(17, level) / 2)])
 
 
-def mean_shift(image: Image, level: int, rng: np.random.Generator) -> Image:
+def mean_shift(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """18. Mean shift: I + a with a = 0.15, 0.08, 0, -0.08, -0.15 (level 3 changes nothing)."""
     return np.clip(image + level_value(18, level), 0.0, 1.0)
 
 
-def jitter(image: Image, level: int, rng: np.random.Generator) -> Image:
+def jitter(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """19. Jitter: five times, every pixel resampled (bicubic) at an offset drawn from N(0, a^2)."""
     amount = level_value(19, level)
     h, w = image.shape[:2]
@@ -530,7 +530,7 @@ PATCH_REACH = 8  # how far a patch may land from where it was taken
 BLOCK = 32  # colour block side
 
 
-def non_eccentricity(image: Image, level: int, rng: np.random.Generator) -> Image:
+def non_eccentricity(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """20. Non-eccentricity patch: n times, a random 16x16 patch of the input pasted at most 8 px
     away (each axis) from where it was taken."""
     h, w = image.shape[:2]
@@ -543,7 +543,7 @@ def non_eccentricity(image: Image, level: int, rng: np.random.Generator) -> Imag
     return out
 
 
-def pixelate(image: Image, level: int, rng: np.random.Generator) -> Image:
+def pixelate(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """21. Pixelate: nearest-neighbour downscale by z = 0.95 - s^0.6, nearest upscale back."""
     z = 0.95 - level_value(21, level) ** 0.6
     h, w = image.shape[:2]
@@ -585,7 +585,7 @@ def multi_otsu_thresholds(samples: np.ndarray, n_thresholds: int, bins: int = 25
     return edges[np.array(sorted(cuts))]
 
 
-def quantization(image: Image, level: int, rng: np.random.Generator) -> Image:
+def quantization(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """22. Quantization (approximate): N Otsu thresholds over all RGB samples (exact multi-Otsu on a
     256-bin histogram, for MATLAB's ``multithresh`` search); each sample becomes the threshold at or
     below it (the first threshold below the first one)."""
@@ -594,7 +594,7 @@ def quantization(image: Image, level: int, rng: np.random.Generator) -> Image:
     return values[np.searchsorted(thresholds, image, side="left")]
 
 
-def color_block(image: Image, level: int, rng: np.random.Generator) -> Image:
+def color_block(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """23. Colour block: n opaque 32x32 squares of a uniform random colour at random positions."""
     h, w = image.shape[:2]
     out = image.copy()
@@ -604,7 +604,7 @@ def color_block(image: Image, level: int, rng: np.random.Generator) -> Image:
     return out
 
 
-def sharpen(image: Image, level: int, rng: np.random.Generator) -> Image:
+def sharpen(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """24. High sharpen: ``imsharpen`` (unsharp mask of Lab L, Gaussian sigma 3) with amount 1 ... 12."""
     lab = rgb2lab(image)
     lightness = lab[..., 0]
@@ -612,7 +612,7 @@ def sharpen(image: Image, level: int, rng: np.random.Generator) -> Image:
     return np.clip(lab2rgb(lab), 0.0, 1.0)
 
 
-def contrast_change(image: Image, level: int, rng: np.random.Generator) -> Image:
+def contrast_change(image: RGBImage, level: int, rng: np.random.Generator) -> RGBImage:
     """25. Contrast change: the tone curve through (0.25, 0.25 - a/4) and (0.75, 0.75 + a/4) on RGB
     (level 3, a = 0, is the identity)."""
     a = level_value(25, level)
