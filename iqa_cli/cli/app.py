@@ -99,6 +99,8 @@ app.add_typer(eval_bapps.app, name="eval-bapps")
 app.command("eval-jnd", cls=eval_bapps.MultiValueCommand)(eval_bapps.eval_jnd)
 from . import train  # noqa: E402
 app.command("train", cls=train.TrainCommand)(train.train)
+from . import distort  # noqa: E402
+app.command("distort")(distort.distort)
 
 
 def main() -> None:
