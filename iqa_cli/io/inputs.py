@@ -113,7 +113,7 @@ def _unit_float(t, input_range: tuple[float, float], what: str):
         return t.float().div_(peak)
     lo, hi = input_range
     if t.numel():
-        found_lo, found_hi = float(t.min()), float(t.max())
+        found_lo, found_hi = float(t.detach().min()), float(t.detach().max())
         if found_lo != found_lo or found_hi != found_hi:
             raise InvalidInputError(f"{what}: the image holds NaN values")
         slack = RANGE_SLACK * (hi - lo)
