@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import urlparse
 
 import torch
@@ -21,6 +21,9 @@ from torch import nn
 
 from .errors import WeightsError
 from .models.backbones import BACKBONES, BackboneSpec
+
+if TYPE_CHECKING:
+    from .models.graphiqa import GraphIQA, GraphIQAConfig
 
 CHECKPOINT_FORMAT = "iqa-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -33,8 +36,12 @@ def _short(keys: list[str], limit: int = 6) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` or raise WeightsError listing every mismatch."""
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
+                key_names: Callable[[str], str] | None = None) -> None:
+    """Load ``state`` into ``module`` or raise WeightsError listing every mismatch.
+
+    key_names maps a key to the name the file uses, for the message (files with foreign key names)."""
+    name = key_names or (lambda key: key)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -42,12 +49,12 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
     if missing or unexpected or misshaped:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_short(missing)}")
+            parts.append(f"missing keys: {_short([name(k) for k in missing])}")
         if unexpected:
-            parts.append(f"unexpected keys: {_short(unexpected)}")
+            parts.append(f"unexpected keys: {_short([name(k) for k in unexpected])}")
         if misshaped:
             parts.append("wrong shapes: " + _short(
-                [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in misshaped]))
+                [f"{name(k)} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in misshaped]))
         raise WeightsError(f"{source} does not fit this model; " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
 
@@ -84,7 +91,15 @@ def _unloadable(path: Path, exc: Exception) -> str:
 
 
 # -- backbones ---------------------------------------------------------------------------------
-def torchvision_weights_enum(spec: BackboneSpec):
+class TorchvisionNet(Protocol):
+    """What the torchvision-cache helpers need: a name for messages and the WeightsEnum class name
+    (BackboneSpec for the LPIPS taps, models.graphiqa.ResNetSpec for ResNet-50)."""
+
+    name: str
+    weights_enum: str
+
+
+def torchvision_weights_enum(spec: TorchvisionNet):
     import torchvision.models as tvm
 
     return getattr(tvm, spec.weights_enum).IMAGENET1K_V1
@@ -95,12 +110,12 @@ def torchvision_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def torchvision_cache_file(spec: BackboneSpec) -> Path:
+def torchvision_cache_file(spec: TorchvisionNet) -> Path:
     url = torchvision_weights_enum(spec).url
     return torchvision_cache_dir() / Path(urlparse(url).path).name
 
 
-def imagenet_backbone_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+def imagenet_backbone_state(spec: TorchvisionNet) -> dict[str, torch.Tensor]:
     """The torchvision ImageNet state dict, through its weights API and cache."""
     weights = torchvision_weights_enum(spec)
     cached = torchvision_cache_file(spec)
@@ -124,13 +139,14 @@ def imagenet_backbone_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
         raise WeightsError(hint + f"; the download failed ({reason})") from None
 
 
-def backbone_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:
+def backbone_state_from_file(path: str | Path, expected: str = "torchvision 'features.*' or 'slice*' keys"
+                             ) -> dict[str, torch.Tensor]:
     """Backbone weights from a local file, as Backbone keys (``slice{n}.{i}.*``) or torchvision keys."""
     state = read_state_file(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors (torchvision 'features.*' or 'slice*' keys)")
+        raise WeightsError(f"{path}: expected a state dict of tensors ({expected})")
     return state
 
 
@@ -190,12 +206,23 @@ def infer_net(head_state: dict[str, torch.Tensor], head_type: str) -> str | None
     return None
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
+def read_checkpoint_payload(path: Path, family: str, label: str) -> tuple[dict[str, Any], bool]:
+    """A checkpoint file as a dict, and whether it is in this project's format; a file of this
+    project's format written for another model family is an error (label: 'an LPIPS', ...)."""
     raw = read_state_file(path)
     if not isinstance(raw, dict):
         raise WeightsError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
-    if raw.get("format") == CHECKPOINT_FORMAT:
+    native = raw.get("format") == CHECKPOINT_FORMAT
+    found = raw.get("family", "lpips")  # files from before the family field are LPIPS ones
+    if native and found != family:
+        raise WeightsError(f"{path}: a {found} checkpoint, not {label} one (use --metric {found})")
+    return raw, native
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    raw, native = read_checkpoint_payload(path, "lpips", "an LPIPS")
+    if native:
         state = raw["state_dict"]
         head_state = {k: v for k, v in state.items() if k.startswith("lin")}
         backbone = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or None
@@ -232,3 +259,153 @@ def save_checkpoint(path: str | Path, model: nn.Module, net: str, version: str, 
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+# -- GraphIQA ----------------------------------------------------------------------------------
+GRAPHIQA_FAMILY = "graphiqa"
+_PAYLOAD_KEYS = ("format", "format_version", "family", "config", "backbone", "state_dict")
+
+
+def resnet_backbone_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """ResNet-50 trunk weights in torchvision's keys (the classifier ``fc.*`` dropped), from
+    'imagenet' (torchvision's weights API and cache) or a local file (``module.`` prefix allowed)."""
+    from .models.graphiqa import RESNET50
+
+    if source == "imagenet":
+        state = imagenet_backbone_state(RESNET50)
+    else:
+        state = backbone_state_from_file(source, expected="torchvision ResNet-50 keys such as 'conv1.weight'")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def load_graphiqa_backbone(model: GraphIQA, source: str | Path = "imagenet",
+                           state: dict[str, torch.Tensor] | None = None) -> None:
+    """source: 'imagenet', 'random' (keep the fresh init) or a file; strict, one-line errors.
+    ``state``: resnet_backbone_state(source), when the caller already read it."""
+    if source == "random":
+        model.backbone_source = "random"
+        return
+    state = dict(state if state is not None else resnet_backbone_state(source))
+    # torchvision's ImageNet files predate BatchNorm's num_batches_tracked counter, which a frozen
+    # BatchNorm in eval mode never reads.
+    for key, value in model.backbone.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
+    label = "torchvision ImageNet ResNet-50 weights" if source == "imagenet" else str(source)
+    load_strict(model.backbone, state, source=label)
+    model.backbone_source = "imagenet" if source == "imagenet" else "file"
+
+
+@dataclass(frozen=True)
+class GraphIQACheckpoint:
+    """A GraphIQA checkpoint, understood. ``state`` uses this project's keys whatever the file used."""
+
+    path: Path
+    kind: str  # "iqa" (written by save_graphiqa_checkpoint) | "original" (a Reg_Domain state dict)
+    embed_size: int | None  # K, from the edge GCN's shapes
+    config: dict[str, Any]  # GraphIQAConfig fields the file records ({} for original files)
+    state: dict[str, torch.Tensor]
+    has_backbone: bool
+    dropped: tuple[str, ...] = ()  # original keys known to be unused (classifier.*, predictor.*)
+    extra: dict[str, Any] = field(default_factory=dict)  # whatever else a native file carries (epoch, ...)
+
+
+def read_graphiqa_checkpoint(path: str | Path) -> GraphIQACheckpoint:
+    from .models.graphiqa import embed_size_of, original_to_native
+
+    path = Path(path)
+    raw, native = read_checkpoint_payload(path, GRAPHIQA_FAMILY, "a GraphIQA")
+    if native:
+        if not isinstance(raw.get("state_dict"), dict):
+            raise WeightsError(f"{path}: damaged GraphIQA checkpoint (no state_dict in it); save it again")
+        state = dict(raw["state_dict"])
+        extra = {k: v for k, v in raw.items() if k not in _PAYLOAD_KEYS}
+        return GraphIQACheckpoint(path, "iqa", embed_size_of(state), dict(raw.get("config", {})), state,
+                                  any(k.startswith("backbone.") for k in state), (), extra)
+    if not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise WeightsError(f"{path}: not a GraphIQA checkpoint (expected a Reg_Domain state dict of tensors or a "
+                           f"file written by 'iqa train --method graphiqa')")
+    state, dropped = original_to_native(raw)
+    if not any(k.startswith(("node_mlp.", "edge_gcn.")) for k in state):
+        found = _short(sorted(k.removeprefix("module.") for k in raw))
+        raise WeightsError(f"{path}: not a GraphIQA checkpoint (expected Reg_Domain keys such as 'node_fc.0.weight' "
+                           f"and 'edge_gc1.weight', found {found})")
+    return GraphIQACheckpoint(path, "original", embed_size_of(state), {}, state, True, tuple(dropped))
+
+
+def load_graphiqa(checkpoint: str | Path | None = None, *, backbone_weights: str | Path = "imagenet",
+                  embed_size: int | None = None, summary: str | None = None,
+                  config: GraphIQAConfig | None = None) -> GraphIQA:
+    """A GraphIQA model (CPU, train mode untouched) from a checkpoint, or freshly initialised.
+
+    K comes from the checkpoint; an ``embed_size`` that disagrees is an error naming both. An
+    original Reg_Domain file carries its own backbone (with whatever BatchNorm statistics its run
+    left) and must hold every weight; a native file without a backbone gets ``backbone_weights``
+    ('imagenet', 'random' or a file), ignored when the file carries one. ``config`` (no checkpoint)
+    sets every field at once; ``summary`` overrides the recorded edge summary.
+    """
+    from .models.graphiqa import GraphIQA, GraphIQAConfig, native_to_original_key
+
+    ckpt = read_graphiqa_checkpoint(checkpoint) if checkpoint is not None else None
+    values = dict(config.to_dict()) if config is not None else {}
+    if ckpt is not None:
+        values.update(ckpt.config)
+        if ckpt.embed_size is not None:
+            if embed_size is not None and int(embed_size) != ckpt.embed_size:
+                raise WeightsError(f"{ckpt.path} holds GraphIQA with embedding size K={ckpt.embed_size} but "
+                                   f"K={embed_size} was asked for: one K serves pretraining and fine-tuning "
+                                   f"(pass --embed-size {ckpt.embed_size} or drop it)")
+            values["embed_size"] = ckpt.embed_size
+    if embed_size is not None and "embed_size" not in values:
+        values["embed_size"] = int(embed_size)
+    if summary is not None:
+        values["summary"] = summary
+    config = GraphIQAConfig.from_dict(values)
+    backbone_state = None  # read before building the model, so a missing file fails at once
+    if (ckpt is None or not ckpt.has_backbone) and backbone_weights != "random":
+        backbone_state = resnet_backbone_state(backbone_weights)
+    backbone_loaded = backbone_state is not None or (ckpt is not None and ckpt.has_backbone)
+    # Random initialisation only for what no file will overwrite (it costs seconds on a CPU).
+    model = GraphIQA.uninitialised(config) if backbone_loaded else GraphIQA(config)
+    if ckpt is None:
+        if backbone_loaded:
+            model.reset_graph_parameters()
+        load_graphiqa_backbone(model, backbone_weights, backbone_state)
+        return model
+    if ckpt.kind == "original":  # name keys in messages as the file does
+        source, key_names = f"{ckpt.path} (original Reg_Domain state dict)", native_to_original_key
+    else:
+        source, key_names = str(ckpt.path), None
+    if ckpt.has_backbone:
+        load_strict(model, ckpt.state, source=source, key_names=key_names)
+        model.backbone_source = "checkpoint"
+    else:
+        load_graphiqa_backbone(model, backbone_weights, backbone_state)
+        load_strict(model.graph_modules(), ckpt.state, source=source, key_names=key_names)
+    return model
+
+
+def save_graphiqa_checkpoint(path: str | Path, model: GraphIQA, extra: dict[str, Any] | None = None) -> Path:
+    """Write the model (and ``extra``: epoch, optimiser state, ...) atomically. The frozen backbone is
+    left out when it is torchvision's ImageNet ResNet-50 (reloaded from the cache, ~100 MB saved) and
+    kept otherwise (a local file, random, or one an original checkpoint brought)."""
+    from .io.files import atomic_path
+
+    payload = graphiqa_checkpoint_payload(model, extra)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def graphiqa_checkpoint_payload(model: GraphIQA, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What save_graphiqa_checkpoint writes (for a training loop that writes files its own way)."""
+    clash = sorted(set(extra or {}) & set(_PAYLOAD_KEYS))
+    if clash:
+        raise ValueError(f"save_graphiqa_checkpoint: extra may not set {clash}")
+    keep_backbone = model.backbone_source != "imagenet"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if keep_backbone or not k.startswith("backbone.")}
+    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": GRAPHIQA_FAMILY,
+            "config": model.config.to_dict(), "backbone": "included" if keep_backbone else "imagenet",
+            "state_dict": state, **(extra or {})}
