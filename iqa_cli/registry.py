@@ -180,6 +180,19 @@ def _fsim(chromatic: bool = True):
     return FSIM(chromatic=chromatic)
 
 
+def _graphiqa(checkpoint=None, crops: int = 25, seed: int = 0, embed_size: int | None = None,
+              backbone_weights=None):
+    """GraphIQA from a checkpoint (an original Reg_Domain state dict or one written by iqa train)."""
+    from .models.graphiqa import GraphIQAScorer
+    from .weights import load_graphiqa
+
+    if checkpoint is None:
+        raise WeightsError("graphiqa has no bundled weights: pass --checkpoint PATH (a GraphIQA checkpoint from "
+                           "'iqa train --method graphiqa' or the original code)")
+    model = load_graphiqa(checkpoint, backbone_weights=backbone_weights or "imagenet", embed_size=embed_size)
+    return GraphIQAScorer(model, crops=crops, seed=seed)
+
+
 def _imagenet_file(net: str) -> str:
     """torchvision's cache file name of a backbone (read off its weights enum, no download)."""
     from urllib.parse import urlparse
@@ -228,6 +241,10 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("vif", "fr", False, (0.0, INF), "luma",
                "visual information fidelity, pixel domain (Sheikh and Bovik 2006); 1 for a copy",
                _classic("VIF"), aliases=("vifp", "vif-p")),
+    MetricSpec("graphiqa", "nr", False, (-INF, INF), "RGB (ImageNet-normalised 224x224 crops)",
+               "GraphIQA (Sun et al. 2022): distortion-graph blind IQA; predicts the MOS scale it was trained on",
+               _graphiqa, weights=(WeightsNeed("GraphIQA model", "user", "--checkpoint"),
+                                   WeightsNeed("ImageNet resnet50 backbone", "torchvision", "resnet50-0676ba61.pth"))),
 )
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
@@ -250,9 +267,9 @@ def get_spec(name: str) -> MetricSpec:
 
 def checkpoint_metric(checkpoint: str | Path) -> str:
     """The metric a checkpoint file holds weights for (what ``--checkpoint`` alone selects)."""
-    from .weights import read_checkpoint
+    from .weights import checkpoint_metric_name
 
-    return "graphics-lpips" if read_checkpoint(checkpoint).head_type == "graphics" else "lpips"
+    return checkpoint_metric_name(checkpoint)
 
 
 def create_metric(name: str | None = None, *, device: str = "cpu", input_range: str | None = None,

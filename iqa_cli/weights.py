@@ -409,3 +409,23 @@ def graphiqa_checkpoint_payload(model: GraphIQA, extra: dict[str, Any] | None = 
     return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": GRAPHIQA_FAMILY,
             "config": model.config.to_dict(), "backbone": "included" if keep_backbone else "imagenet",
             "state_dict": state, **(extra or {})}
+
+
+# -- which metric a checkpoint is for -----------------------------------------------------------
+def checkpoint_metric_name(path: str | Path) -> str:
+    """The registry name of the metric a checkpoint file holds weights for: this project's files
+    say it (their ``family``); original files are recognised by their keys (LPIPS / Graphics-LPIPS
+    heads, GraphIQA's Reg_Domain). Anything else is read as an LPIPS file, whose loader then says
+    precisely what does not fit."""
+    raw = read_state_file(path)
+    if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
+        family = str(raw.get("family", "lpips"))
+        if family == "lpips":
+            return "graphics-lpips" if raw.get("head_type") == "graphics" else "lpips"
+        return family
+    keys = [str(k).removeprefix("module.") for k in raw] if isinstance(raw, dict) else []
+    from .models.graphiqa import ORIGINAL_KEY_PREFIXES
+
+    if any(k.startswith(prefix) for k in keys for prefix, _ in ORIGINAL_KEY_PREFIXES if "features." not in prefix):
+        return "graphiqa"
+    return "graphics-lpips" if any(k.endswith("lin0.model.4.weight") for k in keys) else "lpips"

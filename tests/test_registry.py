@@ -28,9 +28,24 @@ def graphics_checkpoint(tmp_path):
     return path
 
 
+def graphiqa_checkpoint(tmp_path):
+    """A small GraphIQA (K 8) with a random backbone, saved in iqa's format with that backbone."""
+    from iqa_cli.models.graphiqa import GraphIQAConfig
+    from iqa_cli.weights import load_graphiqa, save_graphiqa_checkpoint
+
+    torch.manual_seed(4)
+    model = load_graphiqa(None, backbone_weights="random", config=GraphIQAConfig(embed_size=8))
+    model.backbone_source = "checkpoint"  # not ImageNet's: the file keeps it
+    return save_graphiqa_checkpoint(tmp_path / "graphiqa.pth", model)
+
+
+# metrics that need a weights file the tests make, and the options that keep them small
+NEEDS = {"graphics-lpips": lambda tmp: {"checkpoint": graphics_checkpoint(tmp)},
+         "graphiqa": lambda tmp: {"checkpoint": graphiqa_checkpoint(tmp), "crops": 2}}
+
+
 def build(spec, tmp_path):
-    options = {"checkpoint": graphics_checkpoint(tmp_path)} if spec.name == "graphics-lpips" else {}
-    return create_metric(spec.name, **options)
+    return create_metric(spec.name, **NEEDS.get(spec.name, lambda tmp: {})(tmp_path))
 
 
 def test_list_metrics_json_lists_every_metric_with_kind_and_direction(cli):
@@ -67,7 +82,7 @@ def test_every_listed_metric_builds_and_scores(spec, tmp_path):
     metric = build(spec, tmp_path)
     assert metric.kind == spec.kind and metric.lower_better is spec.lower_better
     g = torch.Generator().manual_seed(0)
-    img = torch.rand(2, 3, 176, 168, generator=g)
+    img = torch.rand(2, 3, 232, 240, generator=g)
     other = (img + 0.1 * torch.rand(img.shape, generator=g)).clamp(0, 1)
     scores = metric(img, other) if spec.kind == "fr" else metric(img)
     assert scores.shape == (2,) and torch.isfinite(scores).all()

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from .base import QualityMetric
 
 FEATURE_SIZE = 2048  # ResNet-50's pooled features
 CODE_SIZE = 256  # the graph code of the type discrimination network
@@ -358,7 +359,7 @@ def take_crops(images: torch.Tensor, offsets: torch.Tensor, size: int) -> torch.
     return torch.stack([images[:, :, t:t + size, l:l + size] for t, l in offsets.tolist()], dim=1)
 
 
-class GraphIQAScorer(nn.Module):
+class GraphIQAScorer(QualityMetric):
     """GraphIQA as a no-reference metric: ``metric(img)`` (N,3,H,W) in [0,1] -> (N,) predicted MOS
     (higher = better, on the training database's scale).
 
@@ -368,8 +369,6 @@ class GraphIQAScorer(nn.Module):
     the mean of their μ. Images smaller than the crop size are an error (the model was trained on
     crops taken without resizing; resize them first).
 
-    Shaped like models/base.QualityMetric (name, kind, lower_better, score, check_size, meta), so it
-    can subclass it and drop ``forward``.
     """
 
     name = "graphiqa"
@@ -403,9 +402,6 @@ class GraphIQAScorer(nn.Module):
         offsets = self.crop_layout(int(img.shape[2]), int(img.shape[3]))
         return torch.cat([self.model.image_scores(take_crops(img[i:i + 1], offsets, self.model.config.crop_size))
                           for i in range(img.shape[0])])
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.score(img)
 
 
 # -- original checkpoints ----------------------------------------------------------------------
