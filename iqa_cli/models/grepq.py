@@ -383,7 +383,8 @@ def _quiet_logging():
         logging.disable(previous)
 
 
-def _text_embeddings(open_clip, model: nn.Module, prompts: tuple[str, str]) -> torch.Tensor:
+def _text_embeddings(open_clip, model: nn.Module, prompts: tuple[str, ...]) -> torch.Tensor:
+    """Text-tower embeddings of ``prompts`` (one batch), (len(prompts), 1024)."""
     tokenizer = open_clip.get_tokenizer(CLIP_MODEL)
     with torch.no_grad():
         return model.encode_text(tokenizer(list(prompts)))
@@ -410,8 +411,8 @@ def load_high_level_encoder(clip_weights: str | Path, clip_visual_weights: str |
         load_strict(model, state, source=str(clip_weights))
         model.eval()
         encoder = HighLevelEncoder(visual=model.visual)
-        encoder.set_prompts(_text_embeddings(open_clip, model, ZERO_SHOT_PROMPTS),
-                            _text_embeddings(open_clip, model, PSEUDO_LABEL_PROMPTS))
+        text = _text_embeddings(open_clip, model, ZERO_SHOT_PROMPTS + PSEUDO_LABEL_PROMPTS)
+        encoder.set_prompts(text[:2], text[2:])
     else:
         encoder = HighLevelEncoder()
         own = "prompt_embeddings" in state
