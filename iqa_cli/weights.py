@@ -33,8 +33,11 @@ def _short(keys: list[str], limit: int = 6) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` or raise WeightsError listing every mismatch."""
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Load ``state`` into ``module`` or raise WeightsError listing every mismatch.
+
+    ``assign`` puts the given tensors in place of the module's own (for a module built on the meta
+    device, so a large model is never randomly initialised only to be overwritten)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -49,7 +52,7 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
             parts.append("wrong shapes: " + _short(
                 [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in misshaped]))
         raise WeightsError(f"{source} does not fit this model; " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def read_state_file(path: str | Path) -> Any:

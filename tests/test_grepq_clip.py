@@ -134,6 +134,34 @@ def test_image_tower_files_and_our_own_file(clip_model, encoder, tmp_path):
         torch.testing.assert_close(reloaded(x), tuned_with_text(x))
 
 
+class _TorchScriptHolder(torch.nn.Module):
+    """CLIP's tensors under CLIP's names plus the three bookkeeping buffers OpenAI's RN50.pt carries;
+    traced, it is a TorchScript archive laid out as that file is."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, value in (("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)):
+            self.register_buffer(name, torch.tensor(value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.logit_scale
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_openai_torchscript_archive_loads(clip_model, encoder, tmp_path):
+    archive = tmp_path / "RN50.pt"
+    torch.jit.trace(_TorchScriptHolder(clip_model[0]), torch.ones(2)).save(str(archive))
+    loaded = load_high_level_encoder(archive)
+    torch.testing.assert_close(loaded.prompt_embeddings, encoder.prompt_embeddings)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), encoder(x))
+
+
 def test_bad_clip_inputs_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"no such file for clip_weights \(--clip-weights\)") as err:
         load_high_level_encoder(tmp_path / "missing.pt")

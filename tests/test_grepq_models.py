@@ -150,12 +150,11 @@ def test_wrong_architecture_is_one_line(tmp_path):
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     assert "missing keys: head.0.bias" in message and "unexpected keys: head.bias" in message
-    net.encoder.base_model = torchvision.models.resnet50(weights=None)  # another trunk in the same layout
-    del net.encoder.resnet18
-    resnet50 = tmp_path / "resnet50.tar"
-    torch.save({"model": {"state_dict": net.state_dict()}}, resnet50)
-    with pytest.raises(WeightsError, match="wrong shapes") as err:
-        load_low_level_encoder(resnet50)
+    net.head = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 256))  # 256-d features
+    wide = tmp_path / "wide.tar"
+    torch.save({"model": {"state_dict": net.state_dict()}}, wide)
+    with pytest.raises(WeightsError, match=r"wrong shapes: head.2.bias \(256,\) != \(128,\)") as err:
+        load_low_level_encoder(wide)
     assert "\n" not in str(err.value)
     junk = tmp_path / "junk.pth"
     torch.save({"model": {"weights": [1, 2]}}, junk)
@@ -193,7 +192,9 @@ def test_pristine_hand_off_and_q_low_equal_the_transcription(encoder):
         assert float(parts.distance[i]) == pytest.approx(distance, rel=1e-5)
         assert float(parts.q_low[i]) == pytest.approx(expected, rel=1e-7)
         assert 0 < expected <= 0.5
-    # batched == one by one; forward is the same score as float32
+    # batched == one by one; forward is the same score as float32; a metric stays in eval mode
+    metric.train()
+    assert not metric.training and not metric.low_level.backbone.bn1.training
     single = metric(to_batch(test_images[1]))
     torch.testing.assert_close(metric(to_batch(*test_images))[1:], single)
     assert single.dtype == torch.float32

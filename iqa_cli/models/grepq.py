@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,10 +197,11 @@ def patch_features(encoder: LowLevelEncoder, images: torch.Tensor, batch: int = 
 
 
 def as_patch_batch(patches: torch.Tensor | np.ndarray, size: int = PATCH_SIZE) -> torch.Tensor:
-    """Pristine patches as float (N, 3, size, size) in [0, 1].
+    """Pristine patches as a (N, 3, size, size) tensor, float in [0, 1] or uint8, not yet converted
+    (a large set is converted batch by batch).
 
-    Accepts float or uint8, channels first (N, 3, s, s) -- the authors' HDF5 file -- or channels last
-    (N, s, s, 3), the patch store's layout.
+    Accepts channels first (N, 3, s, s) -- the authors' HDF5 file -- or channels last (N, s, s, 3),
+    the patch store's layout.
     """
     patches = torch.as_tensor(np.asarray(patches)) if isinstance(patches, np.ndarray) else patches
     if patches.ndim == 4 and patches.shape[-1] == 3 and patches.shape[1] != 3:
@@ -210,15 +212,16 @@ def as_patch_batch(patches: torch.Tensor | np.ndarray, size: int = PATCH_SIZE) -
     if patches.shape[0] < 2:
         raise InvalidInputError(f"the pristine Gaussian needs at least two patches, got {patches.shape[0]} "
                                 "(add pristine images or lower the selection thresholds)")
-    return _as_float(patches)
+    return patches
 
 
 @torch.no_grad()
 def pristine_mvg(encoder: LowLevelEncoder, patches: torch.Tensor | np.ndarray, batch: int = 256) -> MVG:
-    """The pristine Gaussian of the LLM features of ``patches`` (computed once, then cached by the caller)."""
+    """The pristine Gaussian of the LLM features of ``patches`` (float in [0, 1] or uint8), with the
+    encoder as it is (put it in eval mode first). Computed once; the caller caches it."""
     patches = as_patch_batch(patches)
     device = _device_of(encoder)
-    feats = torch.cat([encoder(patches[i:i + batch].to(device)) for i in range(0, len(patches), batch)])
+    feats = torch.cat([encoder(_as_float(patches[i:i + batch]).to(device)) for i in range(0, len(patches), batch)])
     return fit_mvg(feats)
 
 
@@ -260,6 +263,14 @@ def attention_pool_without_position(pool: nn.Module, x: torch.Tensor) -> torch.T
     return pool.c_proj(out.transpose(1, 2).reshape(n, c))
 
 
+def new_clip_image_tower() -> nn.Module:
+    """open_clip's RN50 image tower (ModifiedResNet), randomly initialised (on the current default device)."""
+    require_open_clip()
+    resnets = importlib.import_module("open_clip.modified_resnet")
+    # open_clip's RN50 vision config: layers (3, 4, 6, 3), width 64, 64-wide heads -> 32 heads
+    return resnets.ModifiedResNet(layers=[3, 4, 6, 3], output_dim=CLIP_DIM, heads=32, image_size=224, width=64)
+
+
 class HighLevelEncoder(nn.Module):
     """CLIP RN50's image tower with position-free attention pooling and stored prompt embeddings.
 
@@ -272,13 +283,7 @@ class HighLevelEncoder(nn.Module):
 
     def __init__(self, visual: nn.Module | None = None) -> None:
         super().__init__()
-        if visual is None:
-            require_open_clip()
-            resnets = importlib.import_module("open_clip.modified_resnet")
-            # open_clip's RN50 vision config: layers (3, 4, 6, 3), width 64, 64-wide heads -> 32 heads
-            visual = resnets.ModifiedResNet(layers=[3, 4, 6, 3], output_dim=CLIP_DIM, heads=32, image_size=224,
-                                            width=64)
-        self.visual = visual
+        self.visual = visual if visual is not None else new_clip_image_tower()
         self.register_buffer("prompt_embeddings", torch.full((4, CLIP_DIM), float("nan")))
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
@@ -351,7 +356,9 @@ def _read_clip_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
                            f"state dict or OpenAI's RN50.pt); nothing is downloaded")
     if _is_torchscript(path):
         try:
-            raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch.jit is deprecated, and the only reader of this format
+                warnings.simplefilter("ignore", FutureWarning)
+                raw = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as exc:  # damaged archives fail in many ways
             raise WeightsError(f"{path}: unreadable TorchScript archive for {option} ({str(exc).strip()[:100]}); "
                                "copy the file again") from None
@@ -364,11 +371,46 @@ def _read_clip_file(path: str | Path, option: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in raw.items() if k not in _OPENAI_EXTRA_KEYS}
 
 
-def _visual_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An image-tower state dict with the ``visual.`` keys of HighLevelEncoder."""
+def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as float32 (the authors' image tower was saved in fp16 from a CUDA model)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _image_tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An image tower's keys as ModifiedResNet names, whether saved bare or as CLIP's ``visual.*``."""
     if all(k.startswith("visual.") for k in state):
-        return state
-    return {"visual." + k: v for k, v in state.items()}
+        return {k.removeprefix("visual."): v for k, v in state.items()}
+    return state
+
+
+def _load_image_tower(state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """An RN50 image tower holding ``state``: built on the meta device and the tensors put in place,
+    so 38 M parameters are never randomly initialised only to be overwritten."""
+    with torch.device("meta"):
+        visual = new_clip_image_tower()
+    load_strict(visual, _float32(_image_tower_state(state)), source=source, assign=True)
+    return visual
+
+
+def _load_clip_model(open_clip, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The full CLIP RN50 (both towers) holding ``state``, in eval mode.
+
+    Built on the meta device like the image tower. The one tensor a state dict does not carry, the
+    text tower's causal attention mask (a non-persistent buffer), is rebuilt as CLIP defines it
+    (-inf above the diagonal); should a future open_clip keep anything else off the state dict, the
+    model is built the slow way instead (random init, then load).
+    """
+    with _quiet_logging(), torch.device("meta"):
+        model = open_clip.create_model(CLIP_MODEL, pretrained=None, device="meta")
+    load_strict(model, _float32(state), source=source, assign=True)
+    mask = getattr(model, "attn_mask", None)
+    if isinstance(mask, torch.Tensor) and mask.is_meta and mask.is_floating_point():
+        model.attn_mask = torch.full(tuple(mask.shape), float("-inf"), dtype=mask.dtype).triu_(1)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        with _quiet_logging():
+            model = open_clip.create_model(CLIP_MODEL, pretrained=None)
+        load_strict(model, state, source=source)
+    return model.eval()
 
 
 @contextlib.contextmanager
@@ -405,24 +447,21 @@ def load_high_level_encoder(clip_weights: str | Path, clip_visual_weights: str |
     """
     open_clip = require_open_clip()
     state = _read_clip_file(clip_weights, CLIP_OPTION)
+    source = str(clip_weights)
     if "token_embedding.weight" in state and "visual.conv1.weight" in state:  # a full CLIP model
-        with _quiet_logging():
-            model = open_clip.create_model(CLIP_MODEL, pretrained=None)
-        load_strict(model, state, source=str(clip_weights))
-        model.eval()
+        model = _load_clip_model(open_clip, state, source)
         encoder = HighLevelEncoder(visual=model.visual)
         text = _text_embeddings(open_clip, model, ZERO_SHOT_PROMPTS + PSEUDO_LABEL_PROMPTS)
         encoder.set_prompts(text[:2], text[2:])
-    else:
-        encoder = HighLevelEncoder()
-        own = "prompt_embeddings" in state
-        load_strict(encoder if own else encoder.visual,
-                    state if own else {k.removeprefix("visual."): v for k, v in _visual_only(state).items()},
-                    source=str(clip_weights))
+    elif "prompt_embeddings" in state:  # saved by this project: image tower + prompts
+        tower = {k: v for k, v in state.items() if k.startswith("visual.")}
+        encoder = HighLevelEncoder(visual=_load_image_tower(tower, source))
+        load_strict(encoder, _float32(state), source=source)  # the whole file, strictly
+    else:  # an image tower alone
+        encoder = HighLevelEncoder(visual=_load_image_tower(state, source))
     if clip_visual_weights is not None:
-        visual = _read_clip_file(clip_visual_weights, CLIP_VISUAL_OPTION)
-        load_strict(encoder.visual, {k.removeprefix("visual."): v for k, v in _visual_only(visual).items()},
-                    source=str(clip_visual_weights))
+        tower = _image_tower_state(_read_clip_file(clip_visual_weights, CLIP_VISUAL_OPTION))
+        load_strict(encoder.visual, tower, source=str(clip_visual_weights))
     return encoder.eval()
 
 
@@ -455,7 +494,7 @@ class GRepQZeroShot(nn.Module):
     cache) or the pristine patches to fit it from, once, here. It is kept as float64 buffers
     (``pristine_mean``, ``pristine_cov``). Without ``high_level`` the score is Q_L alone (``mode``).
     Images of one batch share a size; patches are cut on the metric's device, ``patch_batch`` at a
-    time through the LLM.
+    time through the LLM. Scoring runs without autograd and always in eval mode (see ``train``).
     """
 
     kind = "nr"
@@ -464,19 +503,24 @@ class GRepQZeroShot(nn.Module):
     def __init__(self, low_level: LowLevelEncoder, pristine: MVG | torch.Tensor | np.ndarray,
                  high_level: HighLevelEncoder | None = None, patch_batch: int = 256) -> None:
         super().__init__()
-        self.low_level = low_level.eval()
-        self.high_level = high_level.eval() if high_level is not None else None
-        if self.high_level is not None:
-            self.high_level.require_prompts()
+        self.low_level = low_level
+        self.high_level = high_level
+        if high_level is not None:
+            high_level.require_prompts()
         self.patch_batch = int(patch_batch)
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.eval()
         fitted = pristine if isinstance(pristine, MVG) else pristine_mvg(low_level, pristine, self.patch_batch)
         if tuple(fitted.mean.shape) != (LOW_LEVEL_DIM,):
             raise InvalidInputError(f"the pristine Gaussian has {tuple(fitted.mean.shape)} means, expected "
                                     f"({LOW_LEVEL_DIM},): it was fitted for another feature extractor")
         self.register_buffer("pristine_mean", fitted.mean.to(torch.float64).cpu())
         self.register_buffer("pristine_cov", fitted.cov.to(torch.float64).cpu())
+
+    def train(self, mode: bool = True) -> "GRepQZeroShot":
+        """A metric always scores in eval mode (BatchNorm running statistics), whatever ``mode`` says.
+        The encoders are the caller's modules: a recipe that scores while training sets its model
+        back with ``model.train()`` afterwards."""
+        return super().train(False)
 
     @property
     def mode(self) -> str:
@@ -505,8 +549,13 @@ class GRepQFeatures(nn.Module):
 
     def __init__(self, low_level: LowLevelEncoder, high_level: HighLevelEncoder) -> None:
         super().__init__()
-        self.low_level = low_level.eval()
-        self.high_level = high_level.eval()
+        self.low_level = low_level
+        self.high_level = high_level
+        self.eval()
+
+    def train(self, mode: bool = True) -> "GRepQFeatures":
+        """Always eval mode, as GRepQZeroShot."""
+        return super().train(False)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
