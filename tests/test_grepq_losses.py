@@ -35,10 +35,10 @@ def qacl_by_loops(anchor, augmented, sim, tau=0.5) -> float:
         z, zp = [_unit(a) for a in z], [_unit(a) for a in zp]
         S = [[_dot(z[k], zp[l]) / tau for l in range(v)] for k in range(v)]
         w = [[1.0 if k == l else 2 * s[k][l] ** 2 / (1 + s[k][l] ** 2) for l in range(v)] for k in range(v)]
-        row = sum(-math.log(sum(w[k][l] * math.exp(S[k][l]) for l in range(v)) / sum(math.exp(S[k][l]) for l in range(v)))
-                  for k in range(v)) / v
-        col = sum(-math.log(sum(w[k][l] * math.exp(S[k][l]) for k in range(v)) / sum(math.exp(S[k][l]) for k in range(v)))
-                  for l in range(v)) / v
+        row = sum(-math.log(sum(w[k][l] * math.exp(S[k][l]) for l in range(v))
+                            / sum(math.exp(S[k][l]) for l in range(v))) for k in range(v)) / v
+        col = sum(-math.log(sum(w[k][l] * math.exp(S[k][l]) for k in range(v))
+                            / sum(math.exp(S[k][l]) for k in range(v))) for l in range(v)) / v
         total += row + col
     return total / len(anchor)
 

@@ -134,6 +134,10 @@ def test_authors_checkpoint_loads_strictly_and_gives_their_features(tmp_path):
     with torch.no_grad():
         theirs = net.head(net.encoder.resnet18(x).flatten(1))
     torch.testing.assert_close(enc(x), theirs, rtol=1e-5, atol=1e-5)
+    # the Sequential copy alone (without the whole resnet18) is the same network
+    sequential_only = tmp_path / "sequential_only.tar"
+    torch.save({k: v for k, v in net.state_dict().items() if "base_model" not in k}, sequential_only)
+    torch.testing.assert_close(load_low_level_encoder(sequential_only)(x), theirs, rtol=1e-5, atol=1e-5)
     # this project's own layout round-trips too
     own = tmp_path / "own.pth"
     torch.save(enc.state_dict(), own)
@@ -206,7 +210,8 @@ def test_image_smaller_than_two_patches_is_one_line(encoder):
         with pytest.raises(InvalidInputError, match=f"image is {h}x{w}: .*at least 96x144") as err:
             metric(torch.rand(1, 3, h, w))
         assert "\n" not in str(err.value)
-    assert metric(torch.rand(1, 3, 96, 144)).shape == (1,)
+    grey = torch.rand(2, 1, 96, 144)
+    torch.testing.assert_close(metric(grey), metric(grey.repeat(1, 3, 1, 1)))  # grey is repeated to 3 channels
     with pytest.raises(InvalidInputError, match="expected pristine patches"):
         GRepQZeroShot(encoder, torch.rand(6, 3, 64, 64))
     with pytest.raises(InvalidInputError, match="at least two patches"):

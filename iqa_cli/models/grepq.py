@@ -60,6 +60,8 @@ PSEUDO_LABEL_PROMPTS = ("a Good photo.", "a Bad photo.")
 CLIP_MODEL = "RN50-quickgelu"  # every published RN50 (OpenAI's included) has QuickGELU in its text tower
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MODE_BOTH = "low+high"
+MODE_LOW_ONLY = "low-level only (no CLIP weights)"
 CLIP_OPTION = "clip_weights (--clip-weights)"
 CLIP_VISUAL_OPTION = "clip_visual_weights (--clip-visual-weights)"
 # keys a TorchScript CLIP archive (OpenAI's RN50.pt) carries beyond the model's state dict
@@ -279,6 +281,10 @@ class HighLevelEncoder(nn.Module):
     the pseudo-label prompts (good, bad); NaN when unknown (an image tower loaded on its own).
     CLIP's tokenizer lower-cases its input, so both pairs embed to the same vectors; both are kept
     so each use names its own prompts.
+
+    The positional embedding is dropped at every size, 224x224 training crops included -- an
+    assumption: the original edits CLIP's installed source, which its training code shares with
+    its evaluation. It stays in the state dict, unused, so released files load strictly.
     """
 
     def __init__(self, visual: nn.Module | None = None) -> None:
@@ -476,7 +482,7 @@ class ZeroShotScores:
 
     @property
     def mode(self) -> str:
-        return "low+high" if self.q_high is not None else "low-level only (no CLIP weights)"
+        return MODE_BOTH if self.q_high is not None else MODE_LOW_ONLY
 
     @property
     def total(self) -> torch.Tensor:
@@ -524,7 +530,7 @@ class GRepQZeroShot(nn.Module):
 
     @property
     def mode(self) -> str:
-        return "low+high" if self.high_level is not None else "low-level only (no CLIP weights)"
+        return MODE_BOTH if self.high_level is not None else MODE_LOW_ONLY
 
     @property
     def pristine(self) -> MVG:

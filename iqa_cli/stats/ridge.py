@@ -88,8 +88,8 @@ def fit_ridge_cv(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE
     units = len(np.unique(groups)) if groups is not None else len(y)
     folds = min(int(folds), units)
     if folds < 2:
-        raise InvalidInputError(f"cross-validation needs at least 2 training {'contents' if groups is not None else 'images'}"
-                                f", got {units}")
+        what = "contents" if groups is not None else "images"
+        raise InvalidInputError(f"cross-validation needs at least 2 training {what}, got {units}")
     errors = np.zeros(len(alphas))
     for held in kfold_indices(len(y), folds, seed, groups):
         train = np.setdiff1d(np.arange(len(y)), held)
