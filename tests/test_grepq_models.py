@@ -184,6 +184,7 @@ def test_pristine_hand_off_and_q_low_equal_the_transcription(encoder):
     store_layout = (pristine.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
     metric = GRepQZeroShot(encoder, store_layout, patch_batch=5)
     assert metric.kind == "nr" and metric.lower_better is False and metric.mode.startswith("low-level only")
+    assert metric.meta() == {"metric": "grepq", "mode": "low-level only (no CLIP weights)"}
     fitted = pristine_mvg(encoder, torch.from_numpy(store_layout.transpose(0, 3, 1, 2) / 255.0))
     torch.testing.assert_close(metric.pristine_mean, fitted.mean)
 
@@ -210,6 +211,8 @@ def test_image_smaller_than_two_patches_is_one_line(encoder):
         with pytest.raises(InvalidInputError, match=f"image is {h}x{w}: .*at least 96x144") as err:
             metric(torch.rand(1, 3, h, w))
         assert "\n" not in str(err.value)
+    with pytest.raises(InvalidInputError, match="image is 90x300"):
+        metric.check_size((90, 300))
     grey = torch.rand(2, 1, 96, 144)
     torch.testing.assert_close(metric(grey), metric(grey.repeat(1, 3, 1, 1)))  # grey is repeated to 3 channels
     with pytest.raises(InvalidInputError, match="expected pristine patches"):

@@ -503,6 +503,7 @@ class GRepQZeroShot(nn.Module):
     time through the LLM. Scoring runs without autograd and always in eval mode (see ``train``).
     """
 
+    name = "grepq"
     kind = "nr"
     lower_better = False
 
@@ -546,8 +547,19 @@ class GRepQZeroShot(nn.Module):
             q_high = self.high_level.zero_shot_quality(self.high_level(img))
         return ZeroShotScores(q_low, distance, q_high)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def check_size(self, hw: tuple[int, int], name: str = "images") -> None:
+        """Refuse, before any scoring, images too small for two 96x96 patches."""
+        check_patch_count(int(hw[0]), int(hw[1]))
+
+    def meta(self) -> dict[str, Any]:
+        return {"metric": self.name, "mode": self.mode}
+
+    def score(self, img: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 GRepQ_Z (or Q_L alone, see ``mode``) of (N, 3, H, W) images in [0, 1]."""
         return self.components(img).total.to(torch.float32)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.score(img)
 
 
 class GRepQFeatures(nn.Module):
