@@ -37,10 +37,12 @@ def _short(keys: list[str], limit: int = 6) -> str:
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
-                key_names: Callable[[str], str] | None = None) -> None:
+                key_names: Callable[[str], str] | None = None, assign: bool = False) -> None:
     """Load ``state`` into ``module`` or raise WeightsError listing every mismatch.
 
-    key_names maps a key to the name the file uses, for the message (files with foreign key names)."""
+    key_names maps a key to the name the file uses, for the message (files with foreign key names).
+    ``assign`` puts the given tensors in place of the module's own (for a module built on the meta
+    device, so a large model is never randomly initialised only to be overwritten)."""
     name = key_names or (lambda key: key)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -56,7 +58,7 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
             parts.append("wrong shapes: " + _short(
                 [f"{name(k)} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in misshaped]))
         raise WeightsError(f"{source} does not fit this model; " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def read_state_file(path: str | Path) -> Any:
