@@ -45,6 +45,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, IQAError, WeightsError
 from ..weights import load_strict, read_state_file
+from .base import QualityMetric
 from .mvg import MVG, fit_mvg, mvg_distance
 
 LOW_LEVEL_DIM = 128
@@ -493,7 +494,7 @@ class ZeroShotScores:
                 "q_high": None if self.q_high is None else self.q_high.tolist(), "distance": self.distance.tolist()}
 
 
-class GRepQZeroShot(nn.Module):
+class GRepQZeroShot(QualityMetric):
     """GRepQ_Z, a no-reference metric: ``metric(img)`` (N, 3, H, W) in [0, 1] -> (N,) scores, higher = better.
 
     ``pristine`` is the pristine Gaussian of the LLM features (an MVG, e.g. from the patch store's
@@ -557,9 +558,6 @@ class GRepQZeroShot(nn.Module):
     def score(self, img: torch.Tensor) -> torch.Tensor:
         """(N,) float32 GRepQ_Z (or Q_L alone, see ``mode``) of (N, 3, H, W) images in [0, 1]."""
         return self.components(img).total.to(torch.float32)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.score(img)
 
 
 class GRepQFeatures(nn.Module):
