@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from db_fixtures import (BUILDERS, make_clive, make_csiq, make_database, make_generic, make_kadid, make_koniq,
-                         make_live, make_pieapp, make_pipal, make_spaq, make_tid, photo, save)
+                         make_live, make_pipal, make_spaq, make_tid, photo, save)
 from iqa_cli.datasets.formats import FORMATS, detect_format, get_format, list_formats, parse_format_options, \
     read_database
 from iqa_cli.datasets.kadid import KADID_TYPES
@@ -388,8 +387,10 @@ def test_extra_images_are_one_warning(tmp_path):
 
 
 @pytest.mark.parametrize("fmt, edit, fragments", [
-    ("tid2013", lambda r: _first_token(r / "mos_with_names.txt", "5,5"), ("line 1", "MOS '5,5' is not a number")),
-    ("kadid10k", lambda r: _csv_cell(r / "dmos.csv", 2, 2, "high"), ("dmos.csv: line 3", "score 'high' is not a number")),
+    ("tid2013", lambda r: _first_token(r / "mos_with_names.txt", "5,5"),
+     ("line 1", "MOS '5,5' is not a number")),
+    ("kadid10k", lambda r: _csv_cell(r / "dmos.csv", 2, 2, "high"),
+     ("dmos.csv: line 3", "score 'high' is not a number")),
     ("pipal", lambda r: _replace_in(r / "Train_Label" / "A0001.txt", ",1", ",one", count=1), ("A0001.txt: line 1",
                                                                                              "Elo score 'one")),
     ("koniq10k", lambda r: _csv_cell(r / "koniq10k_scores_and_distributions.csv", 1, 7, ""),

@@ -199,3 +199,32 @@ def test_cli_errors(cli, tmp_path):
     result = cli("patchify", "renders", "--db", "DB.csv", "--out", out, "--format", "live")
     assert result.exit_code == 2 and "apply only to --from-db" in result.stderr
     _no_leftovers(out)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "I;16", "I", "F"])
+def test_uint8_loader_fast_path_equals_the_float_path(tmp_path, mode):
+    """load_image_uint8 converts 8-bit files directly; the values must be those of the float loader."""
+    from PIL import Image
+
+    from iqa_cli.io.images import load_image_rgba
+
+    rgb = photo(2, (12, 16))
+    base = Image.fromarray(rgb)
+    if mode in ("I;16", "I", "F"):
+        grey = np.asarray(base.convert("L"), dtype=np.float64)
+        values = {"I;16": (grey * 257).astype(np.uint16), "I": (grey * 200).astype(np.int32),
+                  "F": (grey / 255).astype(np.float32)}[mode]
+        img = Image.fromarray(values).convert(mode) if mode == "I;16" else Image.fromarray(values, mode)
+    elif mode == "PA":
+        img = base.convert("P").convert("PA")
+    elif mode == "P":
+        img = base.convert("P")
+        img.info["transparency"] = 3
+    else:
+        img = base.convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I;16", "I", "F", "CMYK", "PA", "LA") else "x.png")
+    img.save(path)
+    expected = (load_image_rgba(path)[..., :3] * 255.0).round().astype(np.uint8)
+    got = load_image_uint8(path)
+    assert got.dtype == np.uint8 and got.flags.writeable
+    np.testing.assert_array_equal(got, expected)

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError, StoreError
-from .table import QualityTable
+from .table import QualityTable, relative_path
 
 Progress = Callable[[int], None]
 DECODE_THREADS = 4  # PIL releases the GIL while decoding; more threads than this stop paying off
@@ -58,20 +58,13 @@ def load_database_image(path: str | Path, short_side: int = 0) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def _relative(path: str, root: Path) -> str:
-    try:
-        return Path(os.path.relpath(path, root)).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
-
-
 def table_fingerprint(table: QualityTable, short_side: int | None = None) -> str:
     """sha256 over the table's (dist, ref) rows, the resize setting and every source file's
     relative path, size and modification time (the files are stat'ed, not read)."""
     side = resolve_short_side(table, short_side)
     root = table.root
     h = hashlib.sha256()
-    rows = [[_relative(d, root), None if r is None else _relative(r, root)]
+    rows = [[relative_path(d, root), None if r is None else relative_path(r, root)]
             for d, r in zip(table.rows["dist"], table.rows["ref"])]
     h.update(json.dumps({"schema_version": 1, "short_side": side, "rows": rows}).encode())
     for path in table.image_paths():
@@ -79,7 +72,7 @@ def table_fingerprint(table: QualityTable, short_side: int | None = None) -> str
             st = os.stat(path)
         except FileNotFoundError:
             raise InvalidInputError(f"{path}: no such file (it was listed when the database was read)") from None
-        h.update(f"{_relative(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{relative_path(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -155,7 +148,7 @@ def build_image_cache(table: QualityTable, out: str | Path, progress: Progress |
         for first in range(0, len(order), block):
             paths = order[first:first + block]
             for path, image in zip(paths, pool.map(load_database_image, paths, [side] * len(paths))):
-                writer.add_image(_relative(path, root), image)
+                writer.add_image(relative_path(path, root), image)
             if progress is not None:
                 progress(len(paths))
         dist = [index[p] for p in table.rows["dist"]]

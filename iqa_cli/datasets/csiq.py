@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .layout import FileCheck, Folder, check_root, listing, parse_number, read_sheets, require_child, text_lines
+from .layout import (FileCheck, Folder, check_root, listing, named_file, parse_number, read_sheets, require_child,
+                     text_lines)
 from .table import QualityTable, make_rows
 
 # type id -> (token in file names, folder, readable name)
@@ -57,11 +58,7 @@ def csiq_labels(root: Path, labels: str | None = None) -> Path | None:
     .xlsx in the folder); else csiq_label.txt; None when there is none."""
     folder = Folder(root)
     if labels is not None:
-        path = Path(labels)
-        path = path if path.is_absolute() else (folder.get(labels) or root / labels)
-        if not path.is_file():
-            raise InvalidInputError(f"{path}: no such file (the CSIQ scores named by the 'labels' option)")
-        return path
+        return named_file(root, labels, "labels", "CSIQ score file")
     path = folder.get(SPREADSHEET)
     if path is not None and path.is_file():
         return path

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .layout import FileCheck, Folder, check_root, column_index, listing, parse_int, parse_number, read_csv_table
+from .layout import (FileCheck, Folder, check_root, column_index, listing, named_file, parse_int, parse_number,
+                     read_csv_table)
 from .table import KINDS, PROTOCOLS, QualityTable, make_rows
 
 # option -> the header names tried when the option is not given
@@ -34,11 +35,7 @@ def generic_csv(root: Path, csv: str | None = None) -> Path | None:
     if root.is_file():
         return root if root.suffix.lower() == ".csv" else None
     if csv is not None:
-        path = Path(csv)
-        path = path if path.is_absolute() else (Folder(root).get(csv) or root / csv)
-        if not path.is_file():
-            raise InvalidInputError(f"{path}: no such file (the CSV named by the 'csv' option)")
-        return path
+        return named_file(root, csv, "csv", "database CSV")
     found = [p for p in Folder(root).files() if p.suffix.lower() == ".csv"]
     return found[0] if len(found) == 1 else None
 

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .layout import FileCheck, Folder, check_root, column_index, parse_int, parse_number, read_csv_table, require_child
+from .layout import (FileCheck, Folder, check_root, column_index, named_file, parse_int, parse_number, read_csv_table,
+                     require_child)
 from .table import QualityTable, make_rows
 
 KADID_TYPES = (
@@ -37,11 +38,7 @@ def kadid_listing(root: Path, listing_name: str | None = None) -> Path | None:
     else listing.csv; None when neither is there."""
     folder = Folder(root)
     if listing_name is not None:
-        path = Path(listing_name)
-        path = path if path.is_absolute() else (folder.get(listing_name) or root / listing_name)
-        if not path.is_file():
-            raise InvalidInputError(f"{path}: no such file (the KADID-10k listing named by the 'listing' option)")
-        return path
+        return named_file(root, listing_name, "listing", "KADID-10k listing")
     for name in (SCORE_FILE, LISTING_FILE):
         path = folder.get(name)
         if path is not None and path.is_file():

@@ -29,6 +29,8 @@ def pipal_folders(root: Path) -> tuple[Path | None, Path | None, list[Path]]:
     folder = Folder(root)
     ref = next((p for p in map(folder.get, REF_FOLDERS) if p is not None and p.is_dir()), None)
     labels = next((p for p in map(folder.get, LABEL_FOLDERS) if p is not None and p.is_dir()), None)
+    if ref is None or labels is None:
+        return ref, labels, []  # not PIPAL: do not list the other (possibly huge) folders
     others = [p for p in folder.folders() if p not in (ref, labels) and Folder(p).images()]
     return ref, labels, others
 

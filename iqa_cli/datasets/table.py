@@ -210,7 +210,7 @@ class QualityTable:
         root = self.root
         for row in self.rows.itertuples(index=False):
             score = float(row.score)
-            out.append({"name": row.name, "dist": row.name, "ref": _relative(row.ref, root),
+            out.append({"name": row.name, "dist": row.name, "ref": relative_path(row.ref, root),
                         "score": score if math.isfinite(score) else None, "content": row.content,
                         "type": row.type, "type_name": row.type_name, "level": int(row.level), "split": row.split})
         return out
@@ -245,13 +245,18 @@ def _replace(table: QualityTable, **changes) -> QualityTable:
     return dataclasses.replace(table, **changes)
 
 
-def _relative(path, root: Path) -> str | None:
+def relative_path(path, root: Path | str) -> str | None:
+    """``path`` relative to ``root`` as a POSIX string (None stays None). A plain prefix cut for
+    paths under root (readers build them that way; os.path.relpath is slow over 100,000 rows)."""
     if path is None or (isinstance(path, float) and math.isnan(path)):
         return None
+    text, prefix = str(path), os.path.join(str(root), "")
+    if text.startswith(prefix):
+        return text[len(prefix):].replace(os.sep, "/")
     try:
-        return Path(os.path.relpath(path, root)).as_posix()
+        return Path(os.path.relpath(text, root)).as_posix()
     except ValueError:  # another drive on Windows
-        return Path(path).as_posix()
+        return Path(text).as_posix()
 
 
 def make_rows(root: Path, dist: Iterable, ref: Iterable | None = None, score: Iterable | None = None,
@@ -275,7 +280,7 @@ def make_rows(root: Path, dist: Iterable, ref: Iterable | None = None, score: It
     scores = np.asarray(column(score, math.nan), dtype=np.float64)
     if content is None:
         content = [Path(r if r is not None else d).stem for d, r in zip(dist, refs)]
-    names = [_relative(d, root) for d in dist]
+    names = [relative_path(d, root) for d in dist]
     frame = pd.DataFrame({
         "name": pd.Series(names, dtype=object),
         "dist": pd.Series(dist, dtype=object),

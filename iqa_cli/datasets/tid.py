@@ -83,18 +83,17 @@ def _read_tid(root: str | Path, edition: str) -> QualityTable:
     seen: dict[str, int] = {}
     for line, mos, name in entries:
         match = NAME_RE.match(name)
-        path = score_path
         if match is None:
-            raise InvalidInputError(f"{path}: line {line}: {name!r} is not a TID image name like i01_01_1.bmp; this "
+            raise InvalidInputError(f"{score_path}: line {line}: {name!r} is not a TID image name like i01_01_1.bmp; this "
                                     f"is not a {edition.upper()} score file")
         rr, tt, lv = (int(g) for g in match.groups())
         if not 1 <= tt <= n_types or not 1 <= lv <= n_levels:
             hint = f" (it looks like TID2013: use --format {other})" if other else ""
-            raise InvalidInputError(f"{path}: line {line}: {name} has type {tt}, level {lv}; {edition.upper()} has "
+            raise InvalidInputError(f"{score_path}: line {line}: {name} has type {tt}, level {lv}; {edition.upper()} has "
                                     f"types 1-{n_types} and levels 1-{n_levels}{hint}")
         key = name.lower()
         if key in seen:
-            raise InvalidInputError(f"{path}: line {line}: {name} is listed twice (first on line {seen[key]})")
+            raise InvalidInputError(f"{score_path}: line {line}: {name} is listed twice (first on line {seen[key]})")
         seen[key] = line
         dist.append(check.resolve(dist_dir, name))
         ref.append(check.resolve(ref_dir, f"I{rr:02d}.BMP"))
@@ -113,8 +112,9 @@ def _read_named_scores(path: Path, edition: str) -> list[tuple[int, float, str]]
     for line, text in text_lines(path):
         parts = text.split()
         if len(parts) != 2:
-            raise InvalidInputError(f"{path}: line {line}: expected '<MOS> <image name>' (e.g. '5.51429 i01_01_1.bmp'), "
-                                    f"found {text[:60]!r}; this is not a {edition.upper()} {SCORE_FILE}")
+            raise InvalidInputError(f"{path}: line {line}: expected '<MOS> <image name>' (e.g. "
+                                    f"'5.51429 i01_01_1.bmp'), found {text[:60]!r}; this is not a "
+                                    f"{edition.upper()} {SCORE_FILE}")
         out.append((line, parse_number(parts[0], path, line, "MOS"), parts[1]))
     return out
 

@@ -722,6 +722,7 @@ class ImageStore:
         self.offset, self.height, self.width = offset, height, width
         self.dist_image, self.ref_image = dist, ref
         self._file: h5py.File | None = None
+        self._pixels: h5py.Dataset | None = None  # looked up once per handle: a lookup costs more than a read
         self._pid: int | None = None
 
     @classmethod
@@ -781,6 +782,7 @@ class ImageStore:
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
+            self._pixels = self._file["pixels"]
             self._pid = os.getpid()
         return self._file
 
@@ -788,6 +790,7 @@ class ImageStore:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
+        self._pixels = None
         self._pid = None
 
     def __enter__(self) -> "ImageStore":
@@ -799,6 +802,7 @@ class ImageStore:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_file"] = None
+        state["_pixels"] = None
         state["_pid"] = None
         return state
 
@@ -846,7 +850,8 @@ class ImageStore:
         if not 0 <= image < self.n_images:
             raise IndexError(f"image {image} outside [0, {self.n_images}) in {self.path}")
         h, w, start = int(self.height[image]), int(self.width[image]), int(self.offset[image])
-        return self._h5()["pixels"][start:start + h * w * 3].reshape(h, w, 3)
+        self._h5()
+        return self._pixels[start:start + h * w * 3].reshape(h, w, 3)
 
     def read_row(self, row: int, which: str = "dist") -> np.ndarray | None:
         """The distorted image (or reference) of table row ``row``; None for a missing reference."""
