@@ -268,8 +268,10 @@ def test_generic_csv_forms_and_options(tmp_path):
         w.writerow(["B", "A", "DMOS", "grp"])
         w.writerows([[d, r, s, "test" if i % 2 else "train"] for i, (d, r, s) in enumerate(rows[1:])])
     (fx.root / "scores.csv").unlink()
+    os.rename(fx.root / "refs", fx.root / "REFS")  # listed as refs/...: folders match whatever their case
     table = read_database(fx.root, "csv", dist_column="B", ref_column="a", score_column="DMOS",
                           split_column="grp")
+    assert all(Path(r).is_file() and "/REFS/" in r for r in table.rows["ref"])
     assert table.higher_better is False and table.score_name == "DMOS" and table.protocol == "official"
     assert list(table.rows["name"]) == [r["name"] for r in fx.rows]
     assert read_database(fx.root, "csv", dist_column="B", ref_column="A", score_column="DMOS",

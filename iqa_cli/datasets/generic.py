@@ -95,8 +95,8 @@ def read_csv_database(root: str | Path, csv: str | None = None, dist_column: str
 
         if not cell("dist_column"):
             raise InvalidInputError(f"{path}: line {line}: empty image path")
-        dist = _resolve(check, base, cell("dist_column"))
-        ref = _resolve(check, base, cell("ref_column")) if cell("ref_column") else None
+        dist = check.resolve_relative(base, cell("dist_column"))
+        ref = check.resolve_relative(base, cell("ref_column")) if cell("ref_column") else None
         out["dist"].append(dist)
         out["ref"].append(ref)
         out["score"].append(parse_number(cell("score_column"), path, line, score_header or "score")
@@ -116,9 +116,3 @@ def read_csv_database(root: str | Path, csv: str | None = None, dist_column: str
                         protocol or ("official" if has_split else "content" if has_refs else "image"), rows,
                         options=options)
 
-
-def _resolve(check: FileCheck, base: Path, text: str) -> Path:
-    """A listed path relative to the CSV's folder (or absolute), found whatever the case of its name."""
-    path = Path(text.replace("\\", "/"))
-    path = path if path.is_absolute() else base / path
-    return check.resolve(path.parent, path.name)

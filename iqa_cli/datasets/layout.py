@@ -139,6 +139,21 @@ class FileCheck:
         self._used.add(found)
         return found
 
+    def resolve_relative(self, base: Path, text: str) -> Path:
+        """A path listed in a file, relative to ``base`` (or absolute), every folder of it and the
+        file name found whatever their case."""
+        path = Path(text.replace("\\", "/"))
+        if path.is_absolute():
+            return self.resolve(path.parent, path.name)
+        folder = base
+        for part in path.parts[:-1]:
+            if part == "..":
+                folder = folder.parent
+            elif part != ".":
+                found = self.folder(folder).get(part)
+                folder = found if found is not None and found.is_dir() else folder / part
+        return self.resolve(folder, path.name)
+
     def resolve_any(self, folders: Sequence[Path], name: str) -> Path:
         """``name`` in whichever of ``folders`` holds it (any case); a name in two of them is an error."""
         found = [p for p in (self.folder(f).get_file(name) for f in folders) if p is not None]

@@ -50,7 +50,7 @@ def normalise_split(value: str) -> str:
     return _SPLIT_ALIASES.get(text, text)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
     """One train/test partition of a table's rows (row positions, sorted). ``val`` is empty
     except for official splits that have a validation set."""
