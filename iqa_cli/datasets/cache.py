@@ -120,7 +120,7 @@ def build_image_cache(table: QualityTable, out: str | Path, progress: Progress |
     left alone unless ``force``; a file at ``out`` that is not an image cache is refused unless
     ``force``. ``progress(n)`` is called as images are stored."""
     from ..io.files import check_output_path
-    from ..io.store import IMAGE_STORE_KIND, ImageStoreWriter, image_store_fingerprint, is_foreign_file
+    from ..io.store import ImageStoreWriter, image_store_fingerprint, is_foreign_image_store
 
     out = Path(out)
     check_output_path(out, "--out", inputs=[table.root, *table.image_paths()[:1]])
@@ -131,7 +131,7 @@ def build_image_cache(table: QualityTable, out: str | Path, progress: Progress |
     start = time.perf_counter()
     if not force and image_store_fingerprint(out) == fingerprint:
         return _result(out, False, start)
-    if not force and is_foreign_file(out, IMAGE_STORE_KIND):
+    if not force and is_foreign_image_store(out):
         raise InvalidInputError(f"{out}: exists and is not an iqa image cache; choose another --out path (or "
                                 "--force to overwrite it)")
     root = table.root

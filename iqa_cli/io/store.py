@@ -536,10 +536,9 @@ def store_fingerprint(path: str | Path) -> str | None:
         return None
 
 
-def is_foreign_file(path: str | Path, kind: str = STORE_KIND) -> bool:
-    """True when ``path`` exists and is not a store of ``kind`` (the patch store by default; the
-    image store with ``IMAGE_STORE_KIND``) written by iqa (any schema version), so overwriting it
-    could destroy someone's data."""
+def is_foreign_file(path: str | Path) -> bool:
+    """True when ``path`` exists and is not a patch store written by iqa (any schema version), so
+    overwriting it could destroy someone's data."""
     path = Path(path)
     if not path.exists():
         return False
@@ -549,7 +548,7 @@ def is_foreign_file(path: str | Path, kind: str = STORE_KIND) -> bool:
         if not h5py.is_hdf5(str(path)):
             return True
         with h5py.File(path, "r") as f:
-            return _attr_str(f.attrs.get("iqa_store", "")) != kind
+            return _attr_str(f.attrs.get("iqa_store", "")) != STORE_KIND
     except (OSError, ValueError):
         return True
 
@@ -774,7 +773,7 @@ class ImageStore:
                     raise StoreError(f"{path}: inconsistent image cache (bad {', '.join(bad)}); {rebuild}")
         except StoreError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # a damaged file raises any of these
             raise StoreError(f"{path}: unreadable image cache ({exc}); {rebuild}") from None
         return cls(path, attrs, offset, height, width, dist, ref)
 
@@ -881,3 +880,20 @@ def image_store_fingerprint(path: str | Path) -> str | None:
         return ImageStore.open(path).fingerprint
     except StoreError:
         return None
+
+
+def is_foreign_image_store(path: str | Path) -> bool:
+    """True when ``path`` exists and is not an image store written by iqa (any schema version),
+    so overwriting it could destroy someone's data (is_foreign_file's rule for the image store)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if path.is_dir() or not path.is_file():
+        return True
+    try:
+        if not h5py.is_hdf5(str(path)):
+            return True
+        with h5py.File(path, "r") as f:
+            return _attr_str(f.attrs.get("iqa_store", "")) != IMAGE_STORE_KIND
+    except Exception:  # noqa: BLE001 - a damaged HDF5 file raises OSError, RuntimeError, ...
+        return True
