@@ -21,12 +21,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from ..errors import InvalidInputError, StoreError
 from .table import QualityTable, relative_path
+
+if TYPE_CHECKING:
+    from ..io.store import ImageStore
 
 Progress = Callable[[int], None]
 DECODE_THREADS = 4  # PIL releases the GIL while decoding; more threads than this stop paying off
@@ -100,7 +103,7 @@ def cache_is_fresh(path: str | Path, table: QualityTable, short_side: int | None
     return image_store_fingerprint(path) == table_fingerprint(table, short_side)
 
 
-def open_image_cache(path: str | Path, table: QualityTable, short_side: int | None = None):
+def open_image_cache(path: str | Path, table: QualityTable, short_side: int | None = None) -> "ImageStore":
     """The :class:`~iqa_cli.io.store.ImageStore` at ``path``, checked against ``table``: a stale
     cache (other rows, other files, changed files, another resize) is a StoreError."""
     from ..io.store import ImageStore
@@ -167,7 +170,7 @@ def _result(out: Path, built: bool, start: float) -> CacheResult:
 
 
 def ensure_image_cache(table: QualityTable, path: str | Path, progress: Progress | None = None,
-                       short_side: int | None = None):
+                       short_side: int | None = None) -> tuple["ImageStore", CacheResult]:
     """The cache at ``path`` for ``table``: reused when fresh, (re)built otherwise. Returns the
     opened ImageStore and the CacheResult."""
     result = build_image_cache(table, path, progress=progress, short_side=short_side)

@@ -61,7 +61,7 @@ def read_kadid10k(root: str | Path, listing: str | None = None) -> QualityTable:
     if col_dist is None or col_ref is None or (col_score is None and (col_type is None or col_level is None)):
         raise InvalidInputError(f"{path}: header {','.join(header)[:80]!r} is not KADID-10k's "
                                 "(dist_img,ref_img,dmos,var) nor iqa distort's (dist_img,ref_img,type,level); this is "
-                                "not a KADID-10k score file")
+                                "not a KADID-10k score file (a database of your own: --format csv)")
     if not records:
         raise InvalidInputError(f"{path}: no rows after the header")
     check = FileCheck(root, "KADID-10k")
