@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def build_image_cache(table: QualityTable, out: str | Path, progress: Progress |
     from ..io.store import ImageStoreWriter, image_store_fingerprint, is_foreign_image_store
 
     out = Path(out)
-    check_output_path(out, "--out", inputs=[table.root, *table.image_paths()[:1]])
+    check_output_path(out, "--out", inputs=[table.root])
     side = resolve_short_side(table, short_side)
     if len(table) == 0:
         raise InvalidInputError(f"{table.root}: the table has no rows; nothing to cache")
@@ -145,15 +146,20 @@ def build_image_cache(table: QualityTable, out: str | Path, progress: Progress |
             if path is not None and path not in index:
                 index[path] = len(order)
                 order.append(path)
+    threads = min(DECODE_THREADS, os.cpu_count() or 1)
     with ImageStoreWriter(out, fingerprint=fingerprint, database=table.database, short_side=side) as writer, \
-            ThreadPoolExecutor(max_workers=min(DECODE_THREADS, os.cpu_count() or 1)) as pool:
-        block = 4 * DECODE_THREADS
-        for first in range(0, len(order), block):
-            paths = order[first:first + block]
-            for path, image in zip(paths, pool.map(load_database_image, paths, [side] * len(paths))):
-                writer.add_image(relative_path(path, root), image)
+            ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()  # decodes run ahead of the writer, a bounded number at a time
+        upcoming = iter(order)
+        while True:
+            while len(pending) < 4 * threads and (path := next(upcoming, None)) is not None:
+                pending.append((path, pool.submit(load_database_image, path, side)))
+            if not pending:
+                break
+            path, decoded = pending.popleft()
+            writer.add_image(relative_path(path, root), decoded.result())
             if progress is not None:
-                progress(len(paths))
+                progress(1)
         dist = [index[p] for p in table.rows["dist"]]
         ref = [-1 if p is None else index[p] for p in table.rows["ref"]]
         writer.commit(dist, ref, table.rows["name"].tolist())
