@@ -263,7 +263,8 @@ def test_checkpoint_with_the_wrong_net_says_which_net_to_use(cli, tmp_path, exam
     (["score-pair", "a.png", "b.png", "--batch-size", "0"], "--batch-size"),
     (["--bogus"], "--bogus"),
     (["nope"], "nope"),
-    (["patchify", "renders"], "--db"),
+    (["patchify", "renders"], "--out"),  # --db is optional since --from-db; --out is the missing required one
+    (["patchify", "renders", "--out", "x.h5"], "--db is required"),
     (["eval-bapps", "2afc", "dataset", "--limit", "0"], "--limit"),
     (["train", "--name"], "--name"),
 ])

@@ -14,8 +14,9 @@ def patchify(
     renders: Optional[Path] = typer.Argument(None, metavar="RENDERS", show_default=False,
                                              help="Folder with references/ and stimuli/ renders "
                                                   "(see datasets/README.md). Not needed with --from-patches."),
-    db: Path = typer.Option(..., "--db", help="Database CSV: model,stimulus[,MOS][,split] "
-                                              "(+ nbPatchesVP1 with --from-patches)."),
+    db: Optional[Path] = typer.Option(None, "--db", show_default=False,
+                                      help="Database CSV: model,stimulus[,MOS][,split] "
+                                           "(+ nbPatchesVP1 with --from-patches). Not needed with --from-db."),
     out: Path = typer.Option(..., "--out", "-o", help="Patch store to write (.h5)."),
     patch_size: Optional[int] = typer.Option(None, "--patch-size", min=1, show_default="64",
                                              help="Patch side in pixels."),
@@ -32,6 +33,17 @@ def patchify(
     counts_csv: Optional[Path] = typer.Option(None, "--counts-csv", metavar="OUT.csv",
                                               help="Also write patch counts per stimulus in the Graphics-LPIPS CSV "
                                                    "format (model,stimulus,MOS,nbPatchesVP1..4)."),
+    from_db: Optional[Path] = typer.Option(None, "--from-db", metavar="ROOT",
+                                           help="Build the HDF5 image cache of an image-quality database "
+                                                "(whole images) instead of a patch store."),
+    db_format: str = typer.Option("auto", "--format", help="With --from-db: the database layout (tid2013, kadid10k, "
+                                                           "live, csiq, koniq10k, ..., csv) or auto."),
+    db_options: list[str] = typer.Option([], "--db-option", metavar="NAME=VALUE",
+                                         help="With --from-db: a reader option, e.g. resolution=512x384 "
+                                              "(repeatable)."),
+    short_side: Optional[int] = typer.Option(None, "--short-side", min=0, show_default="the database's",
+                                             help="With --from-db: resize each image's shorter side to this "
+                                                  "(0: full size; SPAQ's default is 512)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the store is up to date (and overwrite "
                                                       "an --out file that is not a patch store)."),
     json_out: bool = JsonOpt,
@@ -47,7 +59,21 @@ def patchify(
       iqa patchify renders/ --db DB.csv --out store.h5 --counts-csv counts.csv
       iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 --stride 32 --background 255,255,255
       iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
+      iqa patchify --from-db tid2013/ --format tid2013 --out tid2013.h5
     """
+    if from_db is not None:
+        _image_cache(from_db, db_format, db_options, out, short_side, force, json_out,
+                     [n for n, v in (("RENDERS", renders), ("--db", db), ("--from-patches", from_patches),
+                                     ("--counts-csv", counts_csv), ("--patch-size", patch_size), ("--stride", stride),
+                                     ("--min-foreground", min_foreground), ("--background", background))
+                      if v is not None])
+        return
+    if db is None:
+        raise typer.BadParameter("--db is required (the database CSV), unless --from-db ROOT builds an image cache")
+    unused = [n for n, v in (("--format", None if db_format == "auto" else db_format),
+                             ("--db-option", db_options or None), ("--short-side", short_side)) if v is not None]
+    if unused:
+        raise typer.BadParameter(f"{', '.join(unused)} apply only to --from-db ROOT")
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
     from ..io.files import check_output_path
@@ -124,3 +150,43 @@ def _render(result, counts_csv: Optional[Path]) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _image_cache(root: Path, db_format: str, db_options: list[str], out: Path, short_side: Optional[int],
+                 force: bool, json_out: bool, conflicting: list[str]) -> None:
+    """--from-db: read the database and decode its images once into an HDF5 image cache."""
+    from ..datasets.cache import build_image_cache, cache_is_fresh
+    from ..datasets.formats import parse_format_options, read_database
+    from ..io.files import check_output_path
+
+    if conflicting:
+        raise typer.BadParameter(f"{', '.join(conflicting)} do not apply to --from-db (it caches whole images of a "
+                                 "database; patch options are for mesh renders)")
+    check_output_path(out, "--out", inputs=[root])
+    table = read_database(root, db_format, **parse_format_options(db_options))
+    if table.detected and not json_out:
+        err_console.print(f"detected format: {table.database}")
+    from rich.text import Text
+
+    for message in table.warnings:
+        err_console.print(Text("warning: ", style="bold yellow") + Text(message))
+    n_files = len(table.image_paths())
+    if not force and cache_is_fresh(out, table, short_side):
+        result = build_image_cache(table, out, short_side=short_side)
+    else:
+        with progress_bar("cache", n_files, "images", enabled=not json_out) as advance:
+            result = build_image_cache(table, out, progress=advance, short_side=short_side, force=force)
+    if json_out:
+        emit_json({**result.to_dict(), "format": table.database, "detected": table.detected, "root": str(root),
+                   "warnings": list(table.warnings)})
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not result.built:
+        console.print(f"{out} is up to date (same table and files); nothing to do (use --force to rebuild)")
+    else:
+        rate = result.n_images / result.seconds if result.seconds > 0 else 0.0
+        size = "full size" if not result.short_side else f"shorter side {result.short_side}"
+        console.print(f"wrote {out}: {result.n_images:,} images for {result.n_rows:,} rows of {table.database} "
+                      f"({result.n_bytes / 2**20:,.1f} MiB, {size}) in {result.seconds:.1f} s ({rate:,.1f} images/s)")

@@ -78,9 +78,18 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
+# 8-bit modes PIL converts to RGB with the same values as the float path (alpha dropped, not composited)
+_EIGHT_BIT_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"})
+
+
 def load_image_uint8(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8, the representation the patch store and the BAPPS baselines use."""
-    rgb = load_image_rgba(path)[..., :3]
+    """(H, W, 3) uint8, the representation the patch store, the image cache and the BAPPS
+    baselines use. 8-bit files convert directly (about 10x faster than through floats for BMP);
+    16-bit and float files go through load_image_rgba's scaling."""
+    img = _open(Path(path))
+    if img.mode in _EIGHT_BIT_MODES:
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+    rgb = _to_float_rgba(img)[..., :3]
     return (rgb * 255.0).round().astype(np.uint8)
 
 

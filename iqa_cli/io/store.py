@@ -551,3 +551,349 @@ def is_foreign_file(path: str | Path) -> bool:
             return _attr_str(f.attrs.get("iqa_store", "")) != STORE_KIND
     except (OSError, ValueError):
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# image store: whole images of a quality database (the eval-db / training cache)
+# ---------------------------------------------------------------------------------------------
+#
+# Schema version 1 (see datasets/README.md)::
+#
+#     attrs   iqa_store="image-store", schema_version=1, fingerprint (hex), database (format name),
+#             short_side (0: images at full size), n_images, n_rows
+#     /pixels          uint8 (T,) every image's H*W*3 RGB bytes, concatenated; chunks of 1 MiB
+#     /images/offset   int64 (K,) the image's first byte in /pixels
+#     /images/height, width   int32 (K,)
+#     /images/path     UTF-8 str (K,) the source file, relative to the table's root (POSIX)
+#     /rows/dist       int64 (N,) table row -> row in /images of its distorted image
+#     /rows/ref        int64 (N,) table row -> row in /images of its reference; -1 without one
+#     /rows/name       UTF-8 str (N,) the table row's name (checks the store lines up with a table)
+#
+# Images of any size share one flat byte array, so a read is one contiguous slice whatever the
+# size; each file is stored once (a reference shared by 125 KADID rows is one image).
+
+IMAGE_STORE_KIND = "image-store"
+IMAGE_SCHEMA_VERSION = 1
+IMAGE_CHUNK_BYTES = 1 << 20
+IMAGE_REQUIRED = ("pixels", "images/offset", "images/height", "images/width", "images/path", "rows/dist", "rows/ref",
+                  "rows/name")
+
+
+class ImageStoreWriter:
+    """Builds an image store in ``<path>.partial``; ``commit()`` renames it into place.
+
+    A context manager: leaving the block with an exception (or without commit) deletes the
+    partial file and releases ``<path>.lock``. Images are buffered and written in blocks of
+    about ``flush_bytes``, so memory stays flat whatever the database size.
+    """
+
+    def __init__(self, path: str | Path, *, fingerprint: str, database: str, short_side: int = 0,
+                 flush_bytes: int = 64 << 20):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self._attrs = {"iqa_store": IMAGE_STORE_KIND, "schema_version": IMAGE_SCHEMA_VERSION,
+                       "fingerprint": str(fingerprint), "database": str(database), "short_side": int(short_side or 0)}
+        self._flush_at = max(1, int(flush_bytes))
+        self._lock = OutputLock(self.path, "image cache build")
+        self._file: h5py.File | None = None
+        self._committed = False
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._written = 0  # bytes in /pixels
+        self._images: dict[str, list] = {"offset": [], "height": [], "width": [], "path": []}
+
+    def __enter__(self) -> "ImageStoreWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._committed:
+            self.abort()
+
+    def open(self) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            if self.partial.exists():  # left by a killed run
+                self.partial.unlink()
+            self._file = h5py.File(self.partial, "w")
+            self._file.create_dataset("pixels", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                      chunks=(IMAGE_CHUNK_BYTES,))
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close and delete the partial file (nothing is left behind)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                pass
+            self._file = None
+        if not self._committed and self._lock.held:
+            try:
+                self.partial.unlink()
+            except FileNotFoundError:
+                pass
+        self._lock.release()
+
+    @property
+    def n_images(self) -> int:
+        return len(self._images["path"])
+
+    def add_image(self, path: str, image: np.ndarray) -> int:
+        """Append one uint8 (H, W, 3) image; returns its row in /images."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"{path}: expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        flat = np.ascontiguousarray(image).reshape(-1)
+        self._images["offset"].append(self._written + self._buffered)
+        self._images["height"].append(image.shape[0])
+        self._images["width"].append(image.shape[1])
+        self._images["path"].append(str(path))
+        self._buffer.append(flat)
+        self._buffered += flat.size
+        if self._buffered >= self._flush_at:
+            self._flush()
+        return len(self._images["path"]) - 1
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        ds = self._file["pixels"]
+        block = np.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
+        ds.resize(self._written + block.size, axis=0)
+        ds[self._written:self._written + block.size] = block
+        self._written += block.size
+        self._buffer.clear()
+        self._buffered = 0
+
+    def commit(self, dist: Sequence[int], ref: Sequence[int], names: Sequence[str]) -> Path:
+        """Write the row mapping (image rows of each table row's distorted image and reference,
+        -1 for none) and the attributes, close, and rename into place."""
+        if self._file is None:
+            raise RuntimeError("ImageStoreWriter.commit() without open()")
+        dist = np.asarray(dist, dtype=np.int64).reshape(-1)
+        ref = np.asarray(ref, dtype=np.int64).reshape(-1)
+        if len(dist) != len(ref) or len(dist) != len(names):
+            raise ValueError("dist, ref and names must have one entry per table row")
+        k = self.n_images
+        if len(dist) and (dist.min() < 0 or dist.max() >= k or ref.min() < -1 or ref.max() >= k):
+            raise ValueError(f"row mapping points outside the {k} stored images")
+        self._flush()
+        f = self._file
+        grp = f.create_group("images")
+        grp.create_dataset("offset", data=np.asarray(self._images["offset"], dtype=np.int64))
+        grp.create_dataset("height", data=np.asarray(self._images["height"], dtype=np.int32))
+        grp.create_dataset("width", data=np.asarray(self._images["width"], dtype=np.int32))
+        grp.create_dataset("path", data=np.array(self._images["path"], dtype=object), dtype=_STR)
+        grp = f.create_group("rows")
+        grp.create_dataset("dist", data=dist)
+        grp.create_dataset("ref", data=ref)
+        grp.create_dataset("name", data=np.array([str(n) for n in names], dtype=object), dtype=_STR)
+        for key, value in {**self._attrs, "n_images": k, "n_rows": len(dist)}.items():
+            f.attrs[key] = value
+        f.flush()
+        f.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        self._committed = True
+        self._lock.release()
+        return self.path
+
+
+class ImageStore:
+    """Read access to an image store. ``ImageStore.open(path)`` validates; reads open lazily.
+
+    Picklable: the h5py handle is dropped and reopened on first use in each process, so every
+    DataLoader worker has its own handle. The small tables (offsets, sizes, row mapping) are read
+    once at open and travel with the object.
+    """
+
+    def __init__(self, path: Path, attrs: dict, offset: np.ndarray, height: np.ndarray, width: np.ndarray,
+                 dist: np.ndarray, ref: np.ndarray):
+        self.path = Path(path)
+        self.fingerprint = _attr_str(attrs.get("fingerprint", ""))
+        self.database = _attr_str(attrs.get("database", ""))
+        self.short_side = int(attrs.get("short_side", 0))
+        self.schema_version = int(attrs["schema_version"])
+        self.offset, self.height, self.width = offset, height, width
+        self.dist_image, self.ref_image = dist, ref
+        self._file: h5py.File | None = None
+        self._pixels: h5py.Dataset | None = None  # looked up once per handle: a lookup costs more than a read
+        self._pid: int | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ImageStore":
+        path = Path(path)
+        rebuild = "rebuild it with iqa patchify --from-db ROOT --format NAME --out FILE --force"
+        if not path.exists():
+            raise StoreError(f"{path}: no such image cache (build it with iqa patchify --from-db ROOT --out FILE)")
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder, expected an image cache .h5 file")
+        try:
+            is_hdf5 = h5py.is_hdf5(str(path))
+        except OSError:
+            is_hdf5 = False
+        if not is_hdf5:
+            raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not an image cache); {rebuild}")
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+                kind = _attr_str(attrs.get("iqa_store", ""))
+                if kind != IMAGE_STORE_KIND:
+                    raise StoreError(f"{path}: HDF5 file is not an iqa image cache (iqa_store={kind or 'none'}); "
+                                     "build one with iqa patchify --from-db")
+                try:
+                    version = int(attrs.get("schema_version"))
+                except (TypeError, ValueError):
+                    version = None
+                if version != IMAGE_SCHEMA_VERSION:
+                    raise StoreError(f"{path}: image cache of schema version {version}, this iqa reads version "
+                                     f"{IMAGE_SCHEMA_VERSION}; {rebuild}")
+                missing = [name for name in IMAGE_REQUIRED if name not in f]
+                if missing:
+                    raise StoreError(f"{path}: incomplete image cache (missing {', '.join(missing[:5])}); {rebuild}")
+                offset = f["images/offset"][()].astype(np.int64)
+                height = f["images/height"][()].astype(np.int64)
+                width = f["images/width"][()].astype(np.int64)
+                dist = f["rows/dist"][()].astype(np.int64)
+                ref = f["rows/ref"][()].astype(np.int64)
+                k, n, total = len(offset), len(dist), f["pixels"].shape[0]
+                bad = [] if len(height) == k and len(width) == k and f["images/path"].shape == (k,) else ["images/*"]
+                bad += [] if len(ref) == n and f["rows/name"].shape == (n,) else ["rows/*"]
+                if not bad and k and (offset.min() < 0 or (offset + height * width * 3).max() > total):
+                    bad.append("images/offset (outside /pixels)")
+                if not bad and n and (dist.min() < 0 or dist.max() >= k or ref.min() < -1 or ref.max() >= k):
+                    bad.append("rows/dist, ref (outside /images)")
+                if f["pixels"].dtype != np.uint8 or f["pixels"].ndim != 1:
+                    bad.append("pixels (not a flat uint8 array)")
+                if bad:
+                    raise StoreError(f"{path}: inconsistent image cache (bad {', '.join(bad)}); {rebuild}")
+        except StoreError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # a damaged file raises any of these
+            raise StoreError(f"{path}: unreadable image cache ({exc}); {rebuild}") from None
+        return cls(path, attrs, offset, height, width, dist, ref)
+
+    # -- handle management ----------------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
+            self._pixels = self._file["pixels"]
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pixels = None
+        self._pid = None
+
+    def __enter__(self) -> "ImageStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pixels"] = None
+        state["_pid"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (f"ImageStore({str(self.path)!r}, database={self.database!r}, rows={self.n_rows}, "
+                f"images={self.n_images})")
+
+    # -- facts ----------------------------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return len(self.offset)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.dist_image)
+
+    def image_paths(self) -> list[str]:
+        return _read_str(self._h5()["images/path"]).tolist()
+
+    def row_names(self) -> list[str]:
+        return _read_str(self._h5()["rows/name"]).tolist()
+
+    def image_index(self, rows, which: str = "dist") -> np.ndarray:
+        """Rows in /images of the given table rows' distorted images (``which="dist"``) or
+        references (``"ref"``; -1 where a row has none)."""
+        mapping = {"dist": self.dist_image, "ref": self.ref_image}.get(which)
+        if mapping is None:
+            raise ValueError(f"which must be 'dist' or 'ref', not {which!r}")
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"rows outside [0, {self.n_rows}) in {self.path}")
+        return mapping[rows]
+
+    def size(self, image: int) -> tuple[int, int]:
+        """(H, W) of stored image ``image``."""
+        return int(self.height[image]), int(self.width[image])
+
+    # -- pixels ---------------------------------------------------------------------------------
+    def read_image(self, image: int) -> np.ndarray:
+        """Stored image ``image`` as uint8 (H, W, 3): one contiguous read."""
+        image = int(image)
+        if not 0 <= image < self.n_images:
+            raise IndexError(f"image {image} outside [0, {self.n_images}) in {self.path}")
+        h, w, start = int(self.height[image]), int(self.width[image]), int(self.offset[image])
+        self._h5()
+        return self._pixels[start:start + h * w * 3].reshape(h, w, 3)
+
+    def read_row(self, row: int, which: str = "dist") -> np.ndarray | None:
+        """The distorted image (or reference) of table row ``row``; None for a missing reference."""
+        image = int(self.image_index([row], which)[0])
+        return None if image < 0 else self.read_image(image)
+
+    def read_batch(self, rows, which: str = "dist") -> np.ndarray:
+        """uint8 (n, H, W, 3) for table rows whose images share one size (the usual batch)."""
+        images = self.image_index(rows, which)
+        if images.size == 0:
+            return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+        if images.min() < 0:
+            raise ValueError("a row in the batch has no reference")
+        sizes = {(int(self.height[i]), int(self.width[i])) for i in images}
+        if len(sizes) != 1:
+            raise ValueError(f"images of different sizes in one batch: {sorted(sizes)[:3]}")
+        h, w = sizes.pop()
+        out = np.empty((len(images), h, w, 3), dtype=np.uint8)
+        for k, i in enumerate(images):
+            out[k] = self.read_image(int(i))
+        return out
+
+
+def image_store_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of a valid image store at ``path``; None when there is none."""
+    try:
+        return ImageStore.open(path).fingerprint
+    except StoreError:
+        return None
+
+
+def is_foreign_image_store(path: str | Path) -> bool:
+    """True when ``path`` exists and is not an image store written by iqa (any schema version),
+    so overwriting it could destroy someone's data (is_foreign_file's rule for the image store)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if path.is_dir() or not path.is_file():
+        return True
+    try:
+        if not h5py.is_hdf5(str(path)):
+            return True
+        with h5py.File(path, "r") as f:
+            return _attr_str(f.attrs.get("iqa_store", "")) != IMAGE_STORE_KIND
+    except Exception:  # noqa: BLE001 - a damaged HDF5 file raises OSError, RuntimeError, ...
+        return True
