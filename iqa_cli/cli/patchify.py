@@ -14,8 +14,9 @@ def patchify(
     renders: Optional[Path] = typer.Argument(None, metavar="RENDERS", show_default=False,
                                              help="Folder with references/ and stimuli/ renders "
                                                   "(see datasets/README.md). Not needed with --from-patches."),
-    db: Path = typer.Option(..., "--db", help="Database CSV: model,stimulus[,MOS][,split] "
-                                              "(+ nbPatchesVP1 with --from-patches)."),
+    db: Optional[Path] = typer.Option(None, "--db", show_default=False,
+                                      help="Database CSV: model,stimulus[,MOS][,split] "
+                                           "(+ nbPatchesVP1 with --from-patches). Required except with --pristine."),
     out: Path = typer.Option(..., "--out", "-o", help="Patch store to write (.h5)."),
     patch_size: Optional[int] = typer.Option(None, "--patch-size", min=1, show_default="64",
                                              help="Patch side in pixels."),
@@ -32,6 +33,15 @@ def patchify(
     counts_csv: Optional[Path] = typer.Option(None, "--counts-csv", metavar="OUT.csv",
                                               help="Also write patch counts per stimulus in the Graphics-LPIPS CSV "
                                                    "format (model,stimulus,MOS,nbPatchesVP1..4)."),
+    pristine: Optional[Path] = typer.Option(None, "--pristine", metavar="IMAGES",
+                                            help="Build a pristine store instead: the sharp, colourful 96x96 tiles of "
+                                                 "a folder of pristine photographs (for NIQE / GRepQ models)."),
+    sharpness: float = typer.Option(0.75, "--sharpness", min=0.0, max=1.0,
+                                    help="--pristine: keep tiles sharper than this fraction of the image's sharpest "
+                                         "(0: off)."),
+    colourfulness: float = typer.Option(0.80, "--colourfulness", min=0.0, max=1.0,
+                                        help="--pristine: of those, keep tiles more colourful than this fraction of "
+                                             "the most colourful (0: off)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the store is up to date (and overwrite "
                                                       "an --out file that is not a patch store)."),
     json_out: bool = JsonOpt,
@@ -47,7 +57,17 @@ def patchify(
       iqa patchify renders/ --db DB.csv --out store.h5 --counts-csv counts.csv
       iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 --stride 32 --background 255,255,255
       iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
+      iqa patchify --pristine photos/ --out pristine.h5 --sharpness 0.75 --colourfulness 0.80
     """
+    if pristine is not None:
+        _patchify_pristine(pristine, out, patch_size, sharpness, colourfulness, force, json_out,
+                           renders=renders, db=db, stride=stride, min_foreground=min_foreground, background=background,
+                           from_patches=from_patches, counts_csv=counts_csv)
+        return
+    if db is None:
+        from typer._click.exceptions import UsageError
+
+        raise UsageError("Missing option '--db' (or --pristine IMAGES for a pristine store)")
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
     from ..io.files import check_output_path
@@ -124,3 +144,45 @@ def _render(result, counts_csv: Optional[Path]) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _patchify_pristine(images: Path, out: Path, patch_size: Optional[int], sharpness: float, colourfulness: float,
+                       force: bool, json_out: bool, **other) -> None:
+    """`iqa patchify --pristine IMAGES --out OUT.h5`: a pristine store (iqa_cli/pristine.py)."""
+    from ..errors import InvalidInputError
+    from ..io.files import check_output_path
+    from ..pristine import plan_pristine_store, run_pristine_store
+
+    given = [f"--{k.replace('_', '-')}" if k not in ("renders",) else "RENDERS"
+             for k, v in other.items() if v is not None]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)} do not apply to --pristine (a pristine store is cut from the "
+                                "images folder alone)")
+    check_output_path(out, "--out", inputs=[images])
+    plan = plan_pristine_store(images, out, patch_size=patch_size or 96, sharpness=sharpness,
+                               colourfulness=colourfulness, force=force)
+    if plan.up_to_date:
+        result = run_pristine_store(plan)
+    else:
+        with progress_bar("patchify --pristine", len(plan.images), "images", enabled=not json_out) as advance:
+            result = run_pristine_store(plan, progress=advance)
+
+    from rich.text import Text
+
+    for message in result.warnings:
+        err_console.print(Text("warning: ", style="bold yellow") + Text(message))
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if result.built:
+        console.print(f"wrote {result.store}: {result.n_patches:,} pristine patches from {result.n_used:,} of "
+                      f"{result.n_images:,} images in {result.seconds:.1f} s")
+    else:
+        console.print(f"{result.store} is up to date (same images and parameters); nothing to do "
+                      "(use --force to rebuild)")
+    console.print(f"tiles {result.n_tiles:,} -> sharp {result.n_sharp:,} (--sharpness {result.sharpness:g}) -> "
+                  f"colourful {result.n_patches:,} (--colourfulness {result.colourfulness:g}), "
+                  f"{result.patch_size}x{result.patch_size}")
