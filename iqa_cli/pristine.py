@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from .errors import InvalidInputError
 from .io.images import is_image_path, load_image_uint8
 from .io.patches import above_fraction_of_max, cut_patches, select_pristine
@@ -226,7 +224,12 @@ def _fit_from_store(store, grey: str, device: str, batch_size: int, progress: Op
             img = torch.from_numpy(block).to(device).permute(0, 3, 1, 2).to(torch.float64) / 255.0
             rows.append(niqe_features(to_grey(img, grey), st.patch_size)[0][:, 0].cpu())
             advance(len(block))
-        return fit_mvg(torch.cat(rows))
+        features = torch.cat(rows)
+        if _complete_rows(features) < 2:
+            raise InvalidInputError(f"{st.path}: {_complete_rows(features)} of {st.n_patches} stored patch(es) have "
+                                    "NIQE features (textured patches); a pristine Gaussian needs at least 2; rebuild "
+                                    "the store from more images")
+        return fit_mvg(features)
 
     return store.mvg("niqe", niqe_feature_key(store.patch_size, grey), compute)
 
@@ -252,8 +255,16 @@ def _fit_from_folder(folder: Path, sharpness: float, grey: str, block_size: int 
         keep = torch.from_numpy(above_fraction_of_max(sharp[0].cpu().numpy(), sharpness))
         rows.append(features[0].cpu()[keep])
     kept = torch.cat(rows) if rows else torch.zeros(0, 36, dtype=torch.float64)
-    if len(kept) < 2:
-        raise InvalidInputError(f"{folder}: no usable pristine patch ({len(kept)} sharp {block}x{block} block(s); "
+    usable = _complete_rows(kept)
+    if usable < 2:
+        raise InvalidInputError(f"{folder}: no usable pristine patch ({usable} textured {block}x{block} block(s); "
                                 f"{too_small} image(s) smaller than {block}x{block}); NIQE's pristine model needs "
                                 f"sharp photographs of at least {block}x{block} pixels")
     return fit_mvg(kept)
+
+
+def _complete_rows(features) -> int:
+    """Blocks whose 36 features all exist (a flat block's AGGD fits fail: NaN)."""
+    import torch
+
+    return int((~torch.isnan(features).any(dim=-1)).sum())

@@ -32,7 +32,8 @@ MEMBERS = ("basicsr/metrics/niqe.py", "basicsr/metrics/metric_util.py", "basicsr
 STUBS = {"basicsr/__init__.py": "", "basicsr/metrics/__init__.py": "",
          "basicsr/utils/__init__.py": "from .color_util import bgr2ycbcr  # noqa: F401\n"}
 # float32 -> float64 in matlab_functions.py (each must match exactly as many times as listed)
-TO_FLOAT64 = (("torch.from_numpy(img.transpose(2, 0, 1)).float()", "torch.from_numpy(img.transpose(2, 0, 1)).double()", 1),
+TO_FLOAT64 = (("torch.from_numpy(img.transpose(2, 0, 1)).float()",
+               "torch.from_numpy(img.transpose(2, 0, 1)).double()", 1),
               ("torch.FloatTensor(", "torch.DoubleTensor(", 4),
               ("torch.linspace(1, out_length, out_length)", "torch.linspace(1, out_length, out_length, "
                                                             "dtype=torch.float64)", 1),

@@ -17,8 +17,8 @@ import niqe_oracle
 from iqa_cli.errors import InvalidInputError, WeightsError
 from iqa_cli.io.patches import gaussian_window, sigma_map, tile_sums
 from iqa_cli.models.mvg import MVG
-from iqa_cli.models.niqe import (NIQE, _mscn, imresize, load_pristine_model, niqe_features, official_pristine_path,
-                                 official_window, save_pristine_model, to_grey)
+from iqa_cli.models.niqe import (NIQE, _features, _mscn, imresize, load_pristine_model, niqe_features,
+                                 official_pristine_path, official_window, save_pristine_model, to_grey)
 
 PHOTOS = ("camera", "astronaut", "chelsea", "coffee", "rocket")
 
@@ -194,6 +194,12 @@ def test_batched_equals_one_by_one():
     single = torch.cat([metric(as_batch(c)) for c in crops])
     assert batched.shape == (3,) and batched.dtype == torch.float64
     assert torch.allclose(batched, single, rtol=1e-12, atol=0)
+    # the CPU goes image by image (cache); the batched tensor path (what a GPU runs) gives the same
+    grey = to_grey(as_batch(*crops))
+    together, sharp = _features(grey, 96)
+    apart = [_features(g[None], 96) for g in grey]
+    assert torch.allclose(together, torch.cat([f for f, _ in apart]), rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.allclose(sharp, torch.cat([s for _, s in apart]), rtol=1e-12)
     assert metric.lower_better is True and metric.kind == "nr"
 
 
