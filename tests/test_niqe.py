@@ -21,15 +21,7 @@ from iqa_cli.models.niqe import (NIQE, _features, _mscn, imresize, load_pristine
                                  official_pristine_path, official_window, save_pristine_model, to_grey)
 
 PHOTOS = ("camera", "astronaut", "chelsea", "coffee", "rocket")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster and immune to spin-wait stalls on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ from iqa_cli.models.niqe import NIQE, niqe_feature_key, niqe_features, save_pris
 from iqa_cli.pristine import build_pristine_store, fit_pristine_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textured_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

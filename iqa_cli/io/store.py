@@ -760,30 +760,13 @@ class PristineStore:
             raise StoreError(f"{path}: unreadable pristine store ({exc}); {rebuild}") from None
         return cls(path, attrs, n, k[0])
 
-    # -- handle management (as PatchStore) ------------------------------------------------------
-    def _h5(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
-            self._pid = os.getpid()
-        return self._file
-
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
-        self._pid = None
-
-    def __enter__(self) -> "PristineStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pid"] = None
-        return state
+    # handle management is PatchStore's (a lazy h5py handle per process, dropped when pickled)
+    _h5 = PatchStore._h5
+    close = PatchStore.close
+    __enter__ = PatchStore.__enter__
+    __exit__ = PatchStore.__exit__
+    __getstate__ = PatchStore.__getstate__
+    __setstate__ = PatchStore.__setstate__
 
     def __repr__(self) -> str:
         return (f"PristineStore({str(self.path)!r}, patches={self.n_patches}, images={self.n_images}, "
