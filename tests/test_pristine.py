@@ -280,3 +280,5 @@ def test_cli(cli, photos, tmp_path):
     assert r.exit_code == 1 and "no usable pristine patch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("patchify", "renders", "--out", tmp_path / "r.h5")
     assert r.exit_code == 2 and "--db" in r.stderr
+    r = cli("patchify", "renders", "--db", "db.csv", "--out", tmp_path / "r.h5", "--sharpness", "0.5")
+    assert r.exit_code == 2 and "--pristine stores only" in r.stderr

@@ -36,10 +36,10 @@ def patchify(
     pristine: Optional[Path] = typer.Option(None, "--pristine", metavar="IMAGES",
                                             help="Build a pristine store instead: the sharp, colourful 96x96 tiles of "
                                                  "a folder of pristine photographs (for NIQE / GRepQ models)."),
-    sharpness: float = typer.Option(0.75, "--sharpness", min=0.0, max=1.0,
+    sharpness: Optional[float] = typer.Option(None, "--sharpness", min=0.0, max=1.0, show_default="0.75",
                                     help="--pristine: keep tiles sharper than this fraction of the image's sharpest "
                                          "(0: off)."),
-    colourfulness: float = typer.Option(0.80, "--colourfulness", min=0.0, max=1.0,
+    colourfulness: Optional[float] = typer.Option(None, "--colourfulness", min=0.0, max=1.0, show_default="0.80",
                                         help="--pristine: of those, keep tiles more colourful than this fraction of "
                                              "the most colourful (0: off)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the store is up to date (and overwrite "
@@ -64,10 +64,12 @@ def patchify(
                            renders=renders, db=db, stride=stride, min_foreground=min_foreground, background=background,
                            from_patches=from_patches, counts_csv=counts_csv)
         return
-    if db is None:
-        from typer._click.exceptions import UsageError
+    from typer._click.exceptions import UsageError
 
+    if db is None:
         raise UsageError("Missing option '--db' (or --pristine IMAGES for a pristine store)")
+    if sharpness is not None or colourfulness is not None:
+        raise UsageError("--sharpness and --colourfulness apply to --pristine stores only")
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
     from ..io.files import check_output_path
@@ -146,12 +148,13 @@ def _render(result, counts_csv: Optional[Path]) -> None:
     console.print(table)
 
 
-def _patchify_pristine(images: Path, out: Path, patch_size: Optional[int], sharpness: float, colourfulness: float,
-                       force: bool, json_out: bool, **other) -> None:
+def _patchify_pristine(images: Path, out: Path, patch_size: Optional[int], sharpness: Optional[float],
+                       colourfulness: Optional[float], force: bool, json_out: bool, **other) -> None:
     """`iqa patchify --pristine IMAGES --out OUT.h5`: a pristine store (iqa_cli/pristine.py)."""
     from ..errors import InvalidInputError
     from ..io.files import check_output_path
-    from ..pristine import plan_pristine_store, run_pristine_store
+    from ..pristine import (DEFAULT_COLOURFULNESS, DEFAULT_PATCH_SIZE, DEFAULT_SHARPNESS, plan_pristine_store,
+                            run_pristine_store)
 
     given = [f"--{k.replace('_', '-')}" if k not in ("renders",) else "RENDERS"
              for k, v in other.items() if v is not None]
@@ -159,8 +162,10 @@ def _patchify_pristine(images: Path, out: Path, patch_size: Optional[int], sharp
         raise InvalidInputError(f"{', '.join(given)} do not apply to --pristine (a pristine store is cut from the "
                                 "images folder alone)")
     check_output_path(out, "--out", inputs=[images])
-    plan = plan_pristine_store(images, out, patch_size=patch_size or 96, sharpness=sharpness,
-                               colourfulness=colourfulness, force=force)
+    plan = plan_pristine_store(images, out, patch_size=patch_size or DEFAULT_PATCH_SIZE,
+                               sharpness=DEFAULT_SHARPNESS if sharpness is None else sharpness,
+                               colourfulness=DEFAULT_COLOURFULNESS if colourfulness is None else colourfulness,
+                               force=force)
     if plan.up_to_date:
         result = run_pristine_store(plan)
     else:
