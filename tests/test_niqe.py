@@ -234,7 +234,10 @@ def test_pristine_model_files(tmp_path, pristine_params):
 
 def test_bad_input_is_one_line_error():
     metric = NIQE()
-    with pytest.raises(InvalidInputError, match=r"image is 80x200 pixels: NIQE needs at least one 96x96 block"):
+    with pytest.raises(InvalidInputError, match=r"images: 200x80 pixels, but niqe needs at least 96x96"):
         metric(torch.rand(1, 3, 80, 200))
+    with pytest.raises(InvalidInputError, match=r"^small.png: 95x300 pixels, but niqe needs at least 96x96"):
+        metric.check_size((300, 95), name="small.png")
+    metric.check_size((96, 96))
     with pytest.raises(InvalidInputError, match=r"\(N, 3, H, W\)"):
         metric(torch.rand(3, 100, 100))

@@ -231,10 +231,10 @@ def _scale_features(mscn: torch.Tensor, bh: int, bw: int, tables: torch.Tensor) 
     return torch.stack(features, dim=-1)
 
 
-def check_niqe_size(height: int, width: int, block_size: int = BLOCK_SIZE) -> None:
+def check_niqe_size(height: int, width: int, block_size: int = BLOCK_SIZE, name: str = "images") -> None:
     if height < block_size or width < block_size:
-        raise InvalidInputError(f"image is {height}x{width} pixels: NIQE needs at least one {block_size}x{block_size} "
-                                f"block; use images of at least {block_size}x{block_size}")
+        raise InvalidInputError(f"{name}: {width}x{height} pixels, but niqe needs at least {block_size}x{block_size} "
+                                "(one block; use larger images)")
 
 
 def niqe_features(grey: torch.Tensor, block_size: int = BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,9 +352,14 @@ class NIQE(nn.Module):
     ``pristine``: None (the official model), a .npz path (official layout, e.g. from
     ``save_pristine_model``) or an MVG (``iqa_cli.pristine.fit_pristine_model``). ``grey``:
     "rgb2gray" (official) or "y" (MATLAB YCbCr's Y, as BasicSR's default). Images must be at
-    least one block (96x96); all images of a batch share one size. Scores are float64.
+    least one block (96x96); all images of a batch share one size. Scores are float64; an image
+    without any texture (every AGGD fit fails) scores NaN, as in MATLAB.
+
+    ``score`` / ``check_size`` / ``meta`` follow models/base.QualityMetric (on main), so the class
+    can take it as its base; ``forward`` is ``score`` until then.
     """
 
+    name = "niqe"
     lower_better = True
     kind = "nr"
 
@@ -373,6 +378,8 @@ class NIQE(nn.Module):
                                     f"{tuple(cov.shape)}, expected {N_FEATURES} and {N_FEATURES}x{N_FEATURES}")
         self.grey = grey
         self.block_size = int(block_size or file_block)
+        self.pristine_source = ("official" if pristine is None else
+                                "fitted" if isinstance(pristine, MVG) else str(pristine))
         self.register_buffer("pristine_mean", mean)
         self.register_buffer("pristine_cov", cov)
 
@@ -384,11 +391,23 @@ class NIQE(nn.Module):
         """(N, n_blocks, 36) float64 features of a batch of RGB images in [0, 1]."""
         return niqe_features(to_grey(_check_batch(img), self.grey), self.block_size)[0]
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def check_size(self, hw: tuple[int, int], name: str = "images") -> None:
+        """InvalidInputError when (H, W) images are smaller than one block."""
+        check_niqe_size(int(hw[0]), int(hw[1]), self.block_size, name)
+
+    def score(self, img: torch.Tensor) -> torch.Tensor:
+        """(N,) float64 NIQE of a float (N, 3, H, W) batch in [0, 1]."""
         return niqe_distance(self.pristine, fit_test_mvg(self.features(img)))
 
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.score(img)
+
+    def meta(self) -> dict:
+        return {"metric": self.name, "grey": self.grey, "block_size": self.block_size, "pristine": self.pristine_source}
+
     def extra_repr(self) -> str:
-        return f"grey={self.grey!r}, block_size={self.block_size}"
+        return f"grey={self.grey!r}, block_size={self.block_size}, pristine={self.pristine_source!r}"
 
 
 def _check_batch(img: torch.Tensor) -> torch.Tensor:
