@@ -17,7 +17,7 @@ def patchify(
     db: Optional[Path] = typer.Option(None, "--db", show_default=False,
                                       help="Database CSV: model,stimulus[,MOS][,split] "
                                            "(+ nbPatchesVP1 with --from-patches). Required except with --pristine."),
-    out: Path = typer.Option(..., "--out", "-o", help="Patch store to write (.h5)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default=False, help="Patch store to write (.h5)."),
     patch_size: Optional[int] = typer.Option(None, "--patch-size", min=1, show_default="64",
                                              help="Patch side in pixels."),
     stride: Optional[int] = typer.Option(None, "--stride", min=1, show_default="64",
@@ -59,15 +59,17 @@ def patchify(
       iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
       iqa patchify --pristine photos/ --out pristine.h5 --sharpness 0.75 --colourfulness 0.80
     """
+    from typer._click.exceptions import UsageError
+
+    if db is None and pristine is None:
+        raise UsageError("Missing option '--db' (or --pristine IMAGES for a pristine store)")
+    if out is None:
+        raise UsageError("Missing option '--out' / '-o'")
     if pristine is not None:
         _patchify_pristine(pristine, out, patch_size, sharpness, colourfulness, force, json_out,
                            renders=renders, db=db, stride=stride, min_foreground=min_foreground, background=background,
                            from_patches=from_patches, counts_csv=counts_csv)
         return
-    from typer._click.exceptions import UsageError
-
-    if db is None:
-        raise UsageError("Missing option '--db' (or --pristine IMAGES for a pristine store)")
     if sharpness is not None or colourfulness is not None:
         raise UsageError("--sharpness and --colourfulness apply to --pristine stores only")
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
