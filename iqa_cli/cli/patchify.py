@@ -16,8 +16,8 @@ def patchify(
                                                   "(see datasets/README.md). Not needed with --from-patches."),
     db: Optional[Path] = typer.Option(None, "--db", show_default=False,
                                       help="Database CSV: model,stimulus[,MOS][,split] "
-                                           "(+ nbPatchesVP1 with --from-patches). Not needed with --from-db."),
-    out: Path = typer.Option(..., "--out", "-o", help="Patch store to write (.h5)."),
+                                           "(+ nbPatchesVP1 with --from-patches). Not needed with --from-db or --pristine."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default=False, help="Store to write (.h5)."),
     patch_size: Optional[int] = typer.Option(None, "--patch-size", min=1, show_default="64",
                                              help="Patch side in pixels."),
     stride: Optional[int] = typer.Option(None, "--stride", min=1, show_default="64",
@@ -44,6 +44,15 @@ def patchify(
     short_side: Optional[int] = typer.Option(None, "--short-side", min=0, show_default="the database's",
                                              help="With --from-db: resize each image's shorter side to this "
                                                   "(0: full size; SPAQ's default is 512)."),
+    pristine: Optional[Path] = typer.Option(None, "--pristine", metavar="IMAGES",
+                                            help="Build a pristine store instead: the sharp, colourful 96x96 tiles of "
+                                                 "a folder of pristine photographs (for NIQE / GRepQ models)."),
+    sharpness: Optional[float] = typer.Option(None, "--sharpness", min=0.0, max=1.0, show_default="0.75",
+                                    help="--pristine: keep tiles sharper than this fraction of the image's sharpest "
+                                         "(0: off)."),
+    colourfulness: Optional[float] = typer.Option(None, "--colourfulness", min=0.0, max=1.0, show_default="0.80",
+                                        help="--pristine: of those, keep tiles more colourful than this fraction of "
+                                             "the most colourful (0: off)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the store is up to date (and overwrite "
                                                       "an --out file that is not a patch store)."),
     json_out: bool = JsonOpt,
@@ -60,7 +69,19 @@ def patchify(
       iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 --stride 32 --background 255,255,255
       iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
       iqa patchify --from-db tid2013/ --format tid2013 --out tid2013.h5
+      iqa patchify --pristine photos/ --out pristine.h5 --sharpness 0.75 --colourfulness 0.80
     """
+    from typer._click.exceptions import UsageError
+
+    if from_db is not None and pristine is not None:
+        raise UsageError("--from-db and --pristine build different stores: give one of them")
+    if out is None:
+        raise UsageError("Missing option '--out' / '-o'")
+    if db is None and pristine is None and from_db is None:
+        raise UsageError("--db is required (the database CSV), unless --from-db ROOT builds an image cache or "
+                         "--pristine IMAGES a pristine store")
+    if (sharpness is not None or colourfulness is not None) and pristine is None:
+        raise UsageError("--sharpness and --colourfulness apply to --pristine stores only")
     if from_db is not None:
         _image_cache(from_db, db_format, db_options, out, short_side, force, json_out,
                      [n for n, v in (("RENDERS", renders), ("--db", db), ("--from-patches", from_patches),
@@ -68,12 +89,15 @@ def patchify(
                                      ("--min-foreground", min_foreground), ("--background", background))
                       if v is not None])
         return
-    if db is None:
-        raise typer.BadParameter("--db is required (the database CSV), unless --from-db ROOT builds an image cache")
-    unused = [n for n, v in (("--format", None if db_format == "auto" else db_format),
-                             ("--db-option", db_options or None), ("--short-side", short_side)) if v is not None]
-    if unused:
-        raise typer.BadParameter(f"{', '.join(unused)} apply only to --from-db ROOT")
+    db_only = [n for n, v in (("--format", None if db_format == "auto" else db_format),
+                              ("--db-option", db_options or None), ("--short-side", short_side)) if v is not None]
+    if db_only:
+        raise UsageError(f"{', '.join(db_only)} apply only to --from-db ROOT")
+    if pristine is not None:
+        _patchify_pristine(pristine, out, patch_size, sharpness, colourfulness, force, json_out,
+                           renders=renders, db=db, stride=stride, min_foreground=min_foreground, background=background,
+                           from_patches=from_patches, counts_csv=counts_csv)
+        return
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
     from ..io.files import check_output_path
@@ -190,3 +214,48 @@ def _image_cache(root: Path, db_format: str, db_options: list[str], out: Path, s
         size = "full size" if not result.short_side else f"shorter side {result.short_side}"
         console.print(f"wrote {out}: {result.n_images:,} images for {result.n_rows:,} rows of {table.database} "
                       f"({result.n_bytes / 2**20:,.1f} MiB, {size}) in {result.seconds:.1f} s ({rate:,.1f} images/s)")
+
+
+def _patchify_pristine(images: Path, out: Path, patch_size: Optional[int], sharpness: Optional[float],
+                       colourfulness: Optional[float], force: bool, json_out: bool, **other) -> None:
+    """`iqa patchify --pristine IMAGES --out OUT.h5`: a pristine store (iqa_cli/pristine.py)."""
+    from ..errors import InvalidInputError
+    from ..io.files import check_output_path
+    from ..pristine import (DEFAULT_COLOURFULNESS, DEFAULT_PATCH_SIZE, DEFAULT_SHARPNESS, plan_pristine_store,
+                            run_pristine_store)
+
+    given = [f"--{k.replace('_', '-')}" if k not in ("renders",) else "RENDERS"
+             for k, v in other.items() if v is not None]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)} do not apply to --pristine (a pristine store is cut from the "
+                                "images folder alone)")
+    check_output_path(out, "--out", inputs=[images])
+    plan = plan_pristine_store(images, out, patch_size=patch_size or DEFAULT_PATCH_SIZE,
+                               sharpness=DEFAULT_SHARPNESS if sharpness is None else sharpness,
+                               colourfulness=DEFAULT_COLOURFULNESS if colourfulness is None else colourfulness,
+                               force=force)
+    if plan.up_to_date:
+        result = run_pristine_store(plan)
+    else:
+        with progress_bar("patchify --pristine", len(plan.images), "images", enabled=not json_out) as advance:
+            result = run_pristine_store(plan, progress=advance)
+
+    from rich.text import Text
+
+    for message in result.warnings:
+        err_console.print(Text("warning: ", style="bold yellow") + Text(message))
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if result.built:
+        console.print(f"wrote {result.store}: {result.n_patches:,} pristine patches from {result.n_used:,} of "
+                      f"{result.n_images:,} images in {result.seconds:.1f} s")
+    else:
+        console.print(f"{result.store} is up to date (same images and parameters); nothing to do "
+                      "(use --force to rebuild)")
+    console.print(f"tiles {result.n_tiles:,} -> sharp {result.n_sharp:,} (--sharpness {result.sharpness:g}) -> "
+                  f"colourful {result.n_patches:,} (--colourfulness {result.colourfulness:g}), "
+                  f"{result.patch_size}x{result.patch_size}")

@@ -167,3 +167,116 @@ def cut_patches(image: np.ndarray, positions: np.ndarray, size: int) -> np.ndarr
             raise InvalidInputError(f"tile at (y={y}, x={x}) of size {size} does not fit a {h}x{w} image")
         out[i] = image[y:y + size, x:x + size, :3]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# pristine patch selection (NIQE's sharpness rule, GRepQ's colourfulness rule)
+# ---------------------------------------------------------------------------------------------
+#
+# A pristine patch set keeps, per image, the non-overlapping size x size tiles that are sharp and
+# (for GRepQ) colourful. Both rules compare a tile with the best tile *of the same image*, so they
+# are invariant to the image's intensity scale. A threshold of 0 switches a rule off.
+
+GREPQ_GREY = (0.2989, 0.587, 0.114)  # GRepQ's grey for its sharpness rule (float, not rounded)
+PADDINGS = ("zero", "replicate")  # GRepQ's sharpness rule pads with zeros; NIQE's own replicates
+
+
+def gaussian_window(size: int = 7, sigma: float = 7 / 6) -> np.ndarray:
+    """The normalised size x size Gaussian of NIQE (MATLAB ``fspecial('gaussian', 7, 7/6)``), float64."""
+    r = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    w = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma * sigma))
+    return w / w.sum()
+
+
+def sigma_map(grey: np.ndarray, padding: str = "zero") -> np.ndarray:
+    """Local standard deviation sqrt(|w*G^2 - (w*G)^2|) of an (H, W) grey image, float64 (H, W).
+
+    ``padding``: "zero" (GRepQ's rule) or "replicate" (NIQE's MSCN and its own pristine rule)."""
+    from scipy.ndimage import correlate
+
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    g = np.asarray(grey, dtype=np.float64)
+    mode = "constant" if padding == "zero" else "nearest"
+    w = gaussian_window()
+    mu = correlate(g, w, mode=mode, cval=0.0)
+    return np.sqrt(np.abs(correlate(g * g, w, mode=mode, cval=0.0) - mu * mu))
+
+
+def tile_sums(values: np.ndarray, size: int) -> np.ndarray:
+    """Sum of an (H, W) map over each non-overlapping size x size tile, row-major; float64 (n,).
+
+    The map is cropped to whole tiles (the remainder on the bottom and right is dropped)."""
+    values = np.asarray(values, dtype=np.float64)
+    nh, nw = values.shape[0] // size, values.shape[1] // size
+    crop = values[:nh * size, :nw * size]
+    return crop.reshape(nh, size, nw, size).sum(axis=(1, 3)).reshape(-1)
+
+
+def grepq_grey(rgb: np.ndarray) -> np.ndarray:
+    """GRepQ's grey (0.2989 R + 0.587 G + 0.114 B) of an (H, W, 3) image in [0, 1], float64."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb[..., 0] * GREPQ_GREY[0] + rgb[..., 1] * GREPQ_GREY[1] + rgb[..., 2] * GREPQ_GREY[2]
+
+
+def tile_sharpness(grey: np.ndarray, size: int, padding: str = "zero") -> np.ndarray:
+    """delta = sum of the sigma map over every non-overlapping tile, row-major (``grid_positions``
+    with stride = size). The sigma map is computed on the image cropped to whole tiles."""
+    grey = np.asarray(grey, dtype=np.float64)
+    nh, nw = grey.shape[0] // size, grey.shape[1] // size
+    return tile_sums(sigma_map(grey[:nh * size, :nw * size], padding), size)
+
+
+def above_fraction_of_max(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean mask: score > threshold * max(scores); a threshold of 0 keeps everything.
+
+    This is the shape of both pristine rules (NIQE: sharpness, GRepQ: colourfulness)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if float(threshold) == 0.0 or len(scores) == 0:
+        return np.ones(len(scores), dtype=bool)
+    return scores > float(threshold) * scores.max()
+
+
+def colourfulness(patches: np.ndarray) -> np.ndarray:
+    """GRepQ's colourfulness of (n, s, s, 3) patches (uint8 or floats in [0, 1]); float64 (n,).
+
+    rg = |R - G|, yb = |(R + G)/2 - B|, C = sqrt(std(rg)^2 + std(yb)^2) + sqrt(mean(rg)^2 + mean(yb)^2)
+    with unbiased std, on the [0, 1] scale (absolute differences and weight 1, as GRepQ does)."""
+    p = np.asarray(patches)
+    p = p.astype(np.float64) / 255.0 if p.dtype == np.uint8 else p.astype(np.float64)
+    n = p.shape[0]
+    r, g, b = p[..., 0].reshape(n, -1), p[..., 1].reshape(n, -1), p[..., 2].reshape(n, -1)
+    rg = np.abs(r - g)
+    yb = np.abs((r + g) / 2 - b)
+    spread = np.sqrt(rg.var(axis=1, ddof=1) + yb.var(axis=1, ddof=1))
+    level = np.sqrt(rg.mean(axis=1) ** 2 + yb.mean(axis=1) ** 2)
+    return spread + level
+
+
+@dataclass(frozen=True)
+class PristineSelection:
+    """The tiles of one image that a pristine patch set keeps (row-major positions)."""
+
+    positions: np.ndarray  # int64 (k, 2) top-left corners (y, x) of the kept tiles
+    n_tiles: int  # whole tiles in the image
+    n_sharp: int  # tiles left after the sharpness rule
+
+
+def select_pristine(rgb: np.ndarray, size: int = 96, sharpness: float = 0.75, colourfulness_threshold: float = 0.80,
+                    padding: str = "zero") -> PristineSelection:
+    """GRepQ's pristine selection for one (H, W, 3) uint8 image.
+
+    Non-overlapping size x size tiles; keep delta > ``sharpness`` * max delta (delta: the sigma map
+    of GRepQ's grey, ``padding`` borders, summed over the tile); of those, keep C >
+    ``colourfulness_threshold`` * max C over the survivors (``colourfulness``)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise InvalidInputError(f"expected a uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
+    positions = grid_positions(rgb.shape[0], rgb.shape[1], size, size)
+    if len(positions) == 0:
+        return PristineSelection(positions, 0, 0)
+    delta = tile_sharpness(grepq_grey(rgb[..., :3] / 255.0), size, padding)
+    sharp = positions[above_fraction_of_max(delta, sharpness)]
+    colour = colourfulness(cut_patches(rgb, sharp, size))
+    kept = sharp[above_fraction_of_max(colour, colourfulness_threshold)]
+    return PristineSelection(kept, len(positions), len(sharp))

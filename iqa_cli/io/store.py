@@ -897,3 +897,343 @@ def is_foreign_image_store(path: str | Path) -> bool:
             return _attr_str(f.attrs.get("iqa_store", "")) != IMAGE_STORE_KIND
     except Exception:  # noqa: BLE001 - a damaged HDF5 file raises OSError, RuntimeError, ...
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# pristine patch store (NIQE / GRepQ pristine Gaussians)
+# ---------------------------------------------------------------------------------------------
+#
+# Schema version 1 (a separate kind: iqa_store="pristine-store")::
+#
+#     attrs   iqa_store, schema_version=1, patch_size, sharpness, colourfulness (rule thresholds;
+#             0 = rule off), sharpness_padding ("zero"|"replicate"), fingerprint (hex), root (str)
+#     /patches                  uint8 (N, s, s, 3), the kept tiles, image by image, row-major
+#     /patch_index/image        int64 (N,) row in /images
+#     /patch_index/y, x         int32 (N,) top-left corner in the image
+#     /images/name              str (K,) path relative to the images folder
+#     /images/height, width     int32 (K,)
+#     /images/first, count      int64 (K,) the image's rows in /patches
+#     /images/n_tiles, n_sharp  int64 (K,) whole tiles, and tiles left after the sharpness rule
+#     /mvg/<extractor>          cached pristine Gaussians: mean (d,), cov (d, d) float64; attrs
+#                               extractor, weights (hash of the extractor's weights), n_patches
+#
+# The store is written like the patch store (``<out>.partial`` renamed into place, ``<out>.lock``).
+# The MVG cache is the one thing written into an existing store, in place, under the same lock:
+# the entry is written under a temporary name and renamed, and an entry that cannot be read is
+# simply computed again.
+
+PRISTINE_KIND = "pristine-store"
+PRISTINE_SCHEMA_VERSION = 1
+PRISTINE_IMAGE_COLUMNS = ("name", "height", "width", "first", "count", "n_tiles", "n_sharp")
+PRISTINE_REQUIRED = ("patches", "patch_index/image", "patch_index/y", "patch_index/x",
+                     *(f"images/{c}" for c in PRISTINE_IMAGE_COLUMNS))
+
+
+class PristineStoreWriter:
+    """Builds a pristine store in ``<path>.partial``; ``commit()`` renames it into place.
+
+    >>> with PristineStoreWriter(out, patch_size=96, sharpness=0.75, colourfulness=0.8,
+    ...                          sharpness_padding="zero", fingerprint=fp, root="photos") as w:
+    ...     w.add_image("a.png", patches, y=ys, x=xs, height=h, width=wd, n_tiles=40, n_sharp=9)
+    ...     w.commit()
+    """
+
+    def __init__(self, path: str | Path, *, patch_size: int, sharpness: float, colourfulness: float,
+                 sharpness_padding: str, fingerprint: str, root: str = ""):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.patch_size = int(patch_size)
+        self._attrs = {"iqa_store": PRISTINE_KIND, "schema_version": PRISTINE_SCHEMA_VERSION,
+                       "patch_size": self.patch_size, "sharpness": float(sharpness),
+                       "colourfulness": float(colourfulness), "sharpness_padding": str(sharpness_padding),
+                       "fingerprint": str(fingerprint), "root": str(root)}
+        self._file: h5py.File | None = None
+        self._lock = OutputLock(self.path, "iqa patchify")
+        self._committed = False
+        self.n_patches = 0
+        self._index: dict[str, list[np.ndarray]] = {"image": [], "y": [], "x": []}
+        self._images: dict[str, list] = {c: [] for c in PRISTINE_IMAGE_COLUMNS}
+
+    def __enter__(self) -> "PristineStoreWriter":
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            if self.partial.exists():
+                self.partial.unlink()
+            self._file = h5py.File(self.partial, "w")
+            s = self.patch_size
+            self._file.create_dataset("patches", shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                                      chunks=(_chunk_rows(s), s, s, 3))
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._committed:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close and delete the partial file (nothing is left behind)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                pass
+            self._file = None
+        if not self._committed and self._lock.held:
+            try:
+                self.partial.unlink()
+            except FileNotFoundError:
+                pass
+        self._lock.release()
+
+    def add_image(self, name: str, patches: np.ndarray, *, y, x, height: int, width: int, n_tiles: int,
+                  n_sharp: int) -> int:
+        """Append one image's kept tiles (uint8 (k, s, s, 3)) and their corners; returns its image row."""
+        patches = np.asarray(patches)
+        s = self.patch_size
+        if patches.ndim != 4 or patches.shape[1:] != (s, s, 3) or patches.dtype != np.uint8:
+            raise ValueError(f"image {name}: expected uint8 (n, {s}, {s}, 3) patches, got {patches.dtype} "
+                             f"{patches.shape}")
+        n = len(patches)
+        ys, xs = np.asarray(y, np.int32).reshape(-1), np.asarray(x, np.int32).reshape(-1)
+        if len(ys) != n or len(xs) != n:
+            raise ValueError(f"image {name}: {len(ys)} y and {len(xs)} x for {n} patches")
+        row = len(self._images["name"])
+        if n:
+            ds = self._file["patches"]
+            ds.resize(self.n_patches + n, axis=0)
+            ds[self.n_patches:self.n_patches + n] = patches
+        self._index["image"].append(np.full(n, row, np.int64))
+        self._index["y"].append(ys)
+        self._index["x"].append(xs)
+        for key, value in (("name", str(name)), ("height", int(height)), ("width", int(width)),
+                           ("first", self.n_patches), ("count", n), ("n_tiles", int(n_tiles)),
+                           ("n_sharp", int(n_sharp))):
+            self._images[key].append(value)
+        self.n_patches += n
+        return row
+
+    def commit(self) -> Path:
+        if self._file is None:
+            raise RuntimeError("PristineStoreWriter.commit() outside its with-block")
+        f = self._file
+        grp = f.create_group("patch_index")
+        for key, dtype in (("image", np.int64), ("y", np.int32), ("x", np.int32)):
+            parts = self._index[key]
+            grp.create_dataset(key, data=np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
+        grp = f.create_group("images")
+        grp.create_dataset("name", data=np.array(self._images["name"], dtype=object), dtype=_STR)
+        for key, dtype in (("height", np.int32), ("width", np.int32), ("first", np.int64), ("count", np.int64),
+                           ("n_tiles", np.int64), ("n_sharp", np.int64)):
+            grp.create_dataset(key, data=np.array(self._images[key], dtype=dtype))
+        for key, value in self._attrs.items():
+            f.attrs[key] = value
+        f.flush()
+        f.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        self._committed = True
+        self._lock.release()
+        return self.path
+
+
+class PristineStore:
+    """Read access to a pristine store, and its cache of fitted pristine Gaussians (``mvg``).
+
+    Picklable like PatchStore: the h5py handle is reopened lazily in each process."""
+
+    def __init__(self, path: str | Path, attrs: dict, n_patches: int, n_images: int):
+        self.path = Path(path)
+        self.patch_size = int(attrs["patch_size"])
+        self.sharpness = float(attrs["sharpness"])
+        self.colourfulness = float(attrs["colourfulness"])
+        self.sharpness_padding = _attr_str(attrs.get("sharpness_padding", ""))
+        self.fingerprint = _attr_str(attrs.get("fingerprint", ""))
+        self.root = _attr_str(attrs.get("root", ""))
+        self.n_patches = int(n_patches)
+        self.n_images = int(n_images)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "PristineStore":
+        path = Path(path)
+        rebuild = "rebuild it with iqa patchify --pristine IMAGES/ --force"
+        if not path.exists():
+            raise StoreError(f"{path}: no such pristine store (build one with iqa patchify --pristine IMAGES/)")
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder, expected a pristine store .h5 file (iqa patchify --pristine)")
+        try:
+            is_hdf5 = h5py.is_hdf5(str(path))
+        except OSError:
+            is_hdf5 = False
+        if not is_hdf5:
+            raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not a pristine store); {rebuild}")
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+                kind = _attr_str(attrs.get("iqa_store", ""))
+                if kind != PRISTINE_KIND:
+                    found = f"an iqa {kind}" if kind else "not an iqa store"
+                    raise StoreError(f"{path}: expected a pristine store (iqa patchify --pristine), found {found}")
+                try:
+                    version = int(attrs.get("schema_version"))
+                except (TypeError, ValueError):
+                    version = None
+                if version != PRISTINE_SCHEMA_VERSION:
+                    raise StoreError(f"{path}: pristine store of schema version {version}, this iqa reads version "
+                                     f"{PRISTINE_SCHEMA_VERSION}; {rebuild}")
+                missing = [name for name in PRISTINE_REQUIRED if name not in f]
+                missing += [a for a in ("patch_size", "sharpness", "colourfulness") if a not in attrs]
+                if missing:
+                    raise StoreError(f"{path}: incomplete pristine store (missing {', '.join(missing[:5])}); {rebuild}")
+                s = int(attrs["patch_size"])
+                n = f["patches"].shape[0]
+                k = f["images/name"].shape
+                bad = ["patches"] if f["patches"].shape[1:] != (s, s, 3) or f["patches"].dtype != np.uint8 else []
+                bad += [f"patch_index/{c}" for c in ("image", "y", "x") if f[f"patch_index/{c}"].shape != (n,)]
+                bad += [f"images/{c}" for c in PRISTINE_IMAGE_COLUMNS if f[f"images/{c}"].shape != k]
+                first, count = f["images/first"][()], f["images/count"][()]
+                if len(first) and (first.min() < 0 or count.min() < 0 or (first + count).max() > n):
+                    bad.append("images/first, count (rows outside /patches)")
+                if bad:
+                    raise StoreError(f"{path}: inconsistent pristine store (bad {', '.join(bad[:5])}); {rebuild}")
+        except StoreError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: unreadable pristine store ({exc}); {rebuild}") from None
+        return cls(path, attrs, n, k[0])
+
+    # handle management is PatchStore's (a lazy h5py handle per process, dropped when pickled)
+    _h5 = PatchStore._h5
+    close = PatchStore.close
+    __enter__ = PatchStore.__enter__
+    __exit__ = PatchStore.__exit__
+    __getstate__ = PatchStore.__getstate__
+    __setstate__ = PatchStore.__setstate__
+
+    def __repr__(self) -> str:
+        return (f"PristineStore({str(self.path)!r}, patches={self.n_patches}, images={self.n_images}, "
+                f"patch_size={self.patch_size}, sharpness={self.sharpness:g}, colourfulness={self.colourfulness:g})")
+
+    # -- content --------------------------------------------------------------------------------
+    @property
+    def images(self):
+        """pandas.DataFrame: name, height, width, first, count, n_tiles, n_sharp (one row per image)."""
+        import pandas as pd
+
+        g = self._h5()["images"]
+        table = {"name": _read_str(g["name"])}
+        table.update({c: g[c][()] for c in PRISTINE_IMAGE_COLUMNS if c != "name"})
+        return pd.DataFrame(table)
+
+    def read_patches(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """uint8 (n, s, s, 3) patches [start, stop) (all by default)."""
+        stop = self.n_patches if stop is None else int(stop)
+        if not 0 <= int(start) <= stop <= self.n_patches:
+            raise IndexError(f"rows [{start}, {stop}) outside [0, {self.n_patches}) in {self.path}")
+        return self._h5()["patches"][int(start):stop]
+
+    def iter_patches(self, batch_size: int = 256):
+        """Yield uint8 (<= batch_size, s, s, 3) blocks of patches in store order."""
+        for start in range(0, self.n_patches, max(1, int(batch_size))):
+            yield self.read_patches(start, min(start + max(1, int(batch_size)), self.n_patches))
+
+    def patch_index(self) -> dict[str, np.ndarray]:
+        """image (row in ``images``), y, x of every patch."""
+        g = self._h5()["patch_index"]
+        return {c: g[c][()] for c in ("image", "y", "x")}
+
+    # -- cache of fitted pristine Gaussians -----------------------------------------------------
+    @staticmethod
+    def _mvg_name(extractor: str) -> str:
+        return str(extractor).replace("/", "|")  # an HDF5 link name may not hold '/'
+
+    def cached_mvgs(self) -> dict[str, str]:
+        """extractor -> weights hash of every cached Gaussian."""
+        f = self._h5()
+        if "mvg" not in f:
+            return {}
+        return {_attr_str(g.attrs.get("extractor", k)): _attr_str(g.attrs.get("weights", ""))
+                for k, g in f["mvg"].items() if not k.endswith(".partial")}
+
+    def cached_mvg(self, extractor: str, weights: str):
+        """The cached Gaussian of ``extractor`` with these weights (an MVG), or None."""
+        from ..models.mvg import MVG
+        import torch
+
+        f = self._h5()
+        key = f"mvg/{self._mvg_name(extractor)}"
+        if key not in f:
+            return None
+        g = f[key]
+        try:
+            if _attr_str(g.attrs.get("weights", "")) != str(weights):
+                return None
+            mean, cov = np.asarray(g["mean"][()], np.float64), np.asarray(g["cov"][()], np.float64)
+        except (KeyError, OSError, ValueError):
+            return None  # a damaged entry: computed again
+        if mean.ndim != 1 or cov.shape != (len(mean), len(mean)):
+            return None
+        return MVG(torch.from_numpy(mean), torch.from_numpy(cov))
+
+    def mvg(self, extractor: str, weights: str, compute):
+        """The pristine Gaussian of a feature extractor over this store's patches, computed once.
+
+        ``extractor`` names the features (e.g. "niqe", "grepq-low"), ``weights`` is a hash of
+        the extractor's weights (``models.mvg.weights_hash``; for a weight-free extractor, a
+        version string of its settings). ``compute(store) -> MVG`` runs only when no entry with
+        these weights is cached; its result replaces any entry of the same extractor with other
+        weights. A store that cannot be written (read-only, held open elsewhere, locked) is
+        not an error: the Gaussian is computed and returned without caching."""
+        from ..models.mvg import MVG
+
+        cached = self.cached_mvg(extractor, weights)
+        if cached is not None:
+            return cached
+        model = compute(self)
+        model = MVG(model.mean.detach().to("cpu").double(), model.cov.detach().to("cpu").double())
+        self._write_mvg(extractor, weights, model.mean.numpy(), model.cov.numpy())
+        return model
+
+    def _write_mvg(self, extractor: str, weights: str, mean: np.ndarray, cov: np.ndarray) -> bool:
+        from ..errors import IQAError
+
+        lock = OutputLock(self.path, "iqa MVG cache")
+        try:
+            lock.acquire()
+        except IQAError:
+            return False
+        try:
+            self.close()  # our read handle would keep HDF5 from opening the file for writing
+            name = self._mvg_name(extractor)
+            with h5py.File(self.path, "r+") as f:
+                grp = f.require_group("mvg")
+                tmp = f"{name}.partial"
+                if tmp in grp:
+                    del grp[tmp]
+                entry = grp.create_group(tmp)
+                entry.create_dataset("mean", data=mean)
+                entry.create_dataset("cov", data=cov)
+                entry.attrs["extractor"] = str(extractor)
+                entry.attrs["weights"] = str(weights)
+                entry.attrs["n_patches"] = self.n_patches
+                if name in grp:
+                    del grp[name]
+                grp.move(tmp, name)
+            return True
+        except (OSError, ValueError, KeyError):
+            return False
+        finally:
+            lock.release()
+
+
+def pristine_store_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of a valid pristine store at ``path``; None when there is none."""
+    try:
+        return PristineStore.open(path).fingerprint
+    except StoreError:
+        return None
+

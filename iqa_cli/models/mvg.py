@@ -61,3 +61,18 @@ def mvg_distance(pristine: MVG, test: MVG, ridge: float = 0.0, pseudo_inverse: b
     else:
         weighted = torch.linalg.solve(pooled, diff)
     return (diff.transpose(-1, -2) @ weighted).squeeze(-1).squeeze(-1).clamp_min(0).sqrt()
+
+
+def weights_hash(weights) -> str:
+    """SHA-256 of a feature extractor's weights (an nn.Module or a state dict): names, dtypes,
+    shapes and bytes of every tensor, buffers included. The key of a cached pristine Gaussian
+    (``PristineStore.mvg``): other weights give other features, hence another Gaussian."""
+    import hashlib
+
+    state = weights.state_dict() if hasattr(weights, "state_dict") else weights
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = torch.as_tensor(state[name]).detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
