@@ -268,3 +268,21 @@ def _complete_rows(features) -> int:
     import torch
 
     return int((~torch.isnan(features).any(dim=-1)).sum())
+
+
+def grepq_pristine_mvg(source, encoder, batch_size: int = 256):
+    """GRepQ's pristine Gaussian: the low-level encoder's 128-d features of every patch of a pristine
+    store (a ``PristineStore`` or its path), cached in the store under the encoder's weights hash."""
+    from .io.store import PristineStore
+    from .models.grepq import pristine_mvg
+    from .models.mvg import weights_hash
+
+    if not isinstance(source, PristineStore):
+        with PristineStore.open(source) as store:
+            return grepq_pristine_mvg(store, encoder, batch_size)
+    import numpy as np
+
+    def compute(store):
+        return pristine_mvg(encoder, np.concatenate(list(store.iter_patches(batch_size))), batch_size)
+
+    return source.mvg("grepq-low", weights_hash(encoder), compute)

@@ -193,6 +193,38 @@ def _graphiqa(checkpoint=None, crops: int = 25, seed: int = 0, embed_size: int |
     return GraphIQAScorer(model, crops=crops, seed=seed)
 
 
+def _niqe(pristine=None, grey: str = "rgb2gray"):
+    """NIQE with the official pristine model, or ``pristine``: a model .npz (official layout) or a
+    pristine store built by 'iqa patchify --pristine' (its Gaussian is fitted once and cached there)."""
+    from .models.niqe import NIQE
+
+    if pristine is not None and Path(pristine).suffix.lower() in (".h5", ".hdf5"):
+        from .pristine import fit_pristine_model
+
+        return NIQE(pristine=fit_pristine_model(pristine, grey=grey), grey=grey)
+    return NIQE(pristine=pristine, grey=grey)
+
+
+def _grepq(low_level_weights=None, pristine=None, clip_weights=None, clip_visual_weights=None,
+           patch_batch: int = 256):
+    """GRepQ zero-shot: the low-level encoder's features against a pristine store's Gaussian, plus
+    the CLIP part when CLIP weights are given (else low-level only, which the result says)."""
+    from .models.grepq import GRepQZeroShot, load_high_level_encoder, load_low_level_encoder
+    from .pristine import grepq_pristine_mvg
+
+    if low_level_weights is None:
+        raise WeightsError("grepq needs its low-level encoder: pass --low-level-weights PATH (the authors' .tar or "
+                           "a checkpoint from 'iqa train --method grepq-low')")
+    if pristine is None:
+        raise WeightsError("grepq needs pristine patches: pass --pristine STORE.h5 (build one with "
+                           "'iqa patchify --pristine IMAGES/ --out STORE.h5')")
+    low = load_low_level_encoder(low_level_weights)
+    high = load_high_level_encoder(clip_weights, clip_visual_weights) if clip_weights is not None else None
+    if high is None and clip_visual_weights is not None:
+        raise InvalidInputError("--clip-visual-weights replaces the image tower of --clip-weights: give both")
+    return GRepQZeroShot(low, grepq_pristine_mvg(pristine, low, patch_batch), high, patch_batch=patch_batch)
+
+
 def _imagenet_file(net: str) -> str:
     """torchvision's cache file name of a backbone (read off its weights enum, no download)."""
     from urllib.parse import urlparse
@@ -241,6 +273,14 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("vif", "fr", False, (0.0, INF), "luma",
                "visual information fidelity, pixel domain (Sheikh and Bovik 2006); 1 for a copy",
                _classic("VIF"), aliases=("vifp", "vif-p")),
+    MetricSpec("niqe", "nr", True, (0.0, INF), "grey (MATLAB rgb2gray; grey='y': YCbCr Y)",
+               "NIQE (Mittal et al. 2013), the official algorithm and pristine model; pristine= refits it",
+               _niqe, weights=(WeightsNeed("official pristine model", "bundled", "data/niqe/niqe_pris_params.npz"),)),
+    MetricSpec("grepq", "nr", False, (0.0, 1.5), "RGB (low level); CLIP-normalised RGB (high level)",
+               "GRepQ zero-shot (Srinath et al. 2024): learned-feature NIQE + CLIP prompts; needs a pristine store",
+               _grepq, weights=(WeightsNeed("low-level encoder", "user", "--low-level-weights"),
+                                WeightsNeed("pristine store", "user", "--pristine"),
+                                WeightsNeed("CLIP RN50", "user", "--clip-weights", optional=True))),
     MetricSpec("graphiqa", "nr", False, (-INF, INF), "RGB (ImageNet-normalised 224x224 crops)",
                "GraphIQA (Sun et al. 2022): distortion-graph blind IQA; predicts the MOS scale it was trained on",
                _graphiqa, weights=(WeightsNeed("GraphIQA model", "user", "--checkpoint"),

@@ -39,9 +39,26 @@ def graphiqa_checkpoint(tmp_path):
     return save_graphiqa_checkpoint(tmp_path / "graphiqa.pth", model)
 
 
+def grepq_files(tmp_path):
+    """A random low-level encoder saved as a state dict, and a pristine store of two photographs."""
+    from skimage import data
+
+    from iqa_cli.models.grepq import LowLevelEncoder
+    from iqa_cli.pristine import build_pristine_store
+
+    torch.manual_seed(5)
+    weights = tmp_path / "grepq_low.pth"
+    torch.save(LowLevelEncoder().state_dict(), weights)
+    for name in ("astronaut", "coffee"):
+        save_png(tmp_path / "pristine" / f"{name}.png", getattr(data, name)()[:288, :384])
+    build_pristine_store(tmp_path / "pristine", tmp_path / "pristine.h5", sharpness=0.0, colourfulness=0.0)
+    return {"low_level_weights": weights, "pristine": tmp_path / "pristine.h5"}
+
+
 # metrics that need a weights file the tests make, and the options that keep them small
 NEEDS = {"graphics-lpips": lambda tmp: {"checkpoint": graphics_checkpoint(tmp)},
-         "graphiqa": lambda tmp: {"checkpoint": graphiqa_checkpoint(tmp), "crops": 2}}
+         "graphiqa": lambda tmp: {"checkpoint": graphiqa_checkpoint(tmp), "crops": 2},
+         "grepq": grepq_files}
 
 
 def build(spec, tmp_path):

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, WeightsError
 from .mvg import MVG, fit_mvg, mvg_distance
+from .base import QualityMetric
 
 BLOCK_SIZE = 96
 N_FEATURES = 36
@@ -346,7 +347,7 @@ def save_pristine_model(model: MVG, path: str | Path, block_size: int = BLOCK_SI
 # the metric
 # ---------------------------------------------------------------------------------------------
 
-class NIQE(nn.Module):
+class NIQE(QualityMetric):
     """No-reference NIQE: ``metric(img)``, (N, 3, H, W) floats in [0, 1] -> (N,) scores, lower = better.
 
     ``pristine``: None (the official model), a .npz path (official layout, e.g. from
@@ -355,8 +356,6 @@ class NIQE(nn.Module):
     least one block (96x96); all images of a batch share one size. Scores are float64; an image
     without any texture (every AGGD fit fails) scores NaN, as in MATLAB.
 
-    ``score`` / ``check_size`` / ``meta`` follow models/base.QualityMetric (on main), so the class
-    can take it as its base; ``forward`` is ``score`` until then.
     """
 
     name = "niqe"
@@ -398,10 +397,6 @@ class NIQE(nn.Module):
     def score(self, img: torch.Tensor) -> torch.Tensor:
         """(N,) float64 NIQE of a float (N, 3, H, W) batch in [0, 1]."""
         return niqe_distance(self.pristine, fit_test_mvg(self.features(img)))
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.score(img)
 
     def meta(self) -> dict:
         return {"metric": self.name, "grey": self.grey, "block_size": self.block_size, "pristine": self.pristine_source}
