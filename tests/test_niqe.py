@@ -239,5 +239,6 @@ def test_bad_input_is_one_line_error():
     with pytest.raises(InvalidInputError, match=r"^small.png: 95x300 pixels, but niqe needs at least 96x96"):
         metric.check_size((300, 95), name="small.png")
     metric.check_size((96, 96))
+    assert metric(torch.rand(3, 100, 100)).shape == (1,)  # one channels-first image is a batch of one
     with pytest.raises(InvalidInputError, match=r"\(N, 3, H, W\)"):
-        metric(torch.rand(3, 100, 100))
+        metric(torch.rand(2, 5, 100, 100))
