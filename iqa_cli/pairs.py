@@ -128,7 +128,7 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
     """
     import torch
 
-    from .engine import make_loader, resolve_device, to_device_float
+    from .engine import make_loader, resolve_device, shard_work, to_device_float
     from .models.lpips import averaged_sum, upsampled_sum
 
     from .models.lpips import check_input_size
@@ -141,7 +141,10 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
     for i, hw in enumerate(sizes):
         by_size.setdefault(hw, []).append(i)
     batches = [idx[k:k + batch_size] for idx in by_size.values() for k in range(0, len(idx), batch_size)]
-    loader = make_loader(_PairImages(plan.pairs, sizes), None, dev, batch_sampler=batches,
+    work = shard_work(len(batches), weights=[len(b) for b in batches])  # under torchrun: a block of batches each
+    advance = work.progress(advance)
+    mine = batches[work.mine.start:work.mine.stop]
+    loader = make_loader(_PairImages(plan.pairs, sizes), None, dev, batch_sampler=mine,
                          num_workers=None if len(plan.pairs) > batch_size else 0, collate_fn=_collate)
     results: list[PairScore | None] = [None] * len(plan.pairs)
     metric = metric.to(dev).eval()
@@ -162,6 +165,10 @@ def score_pairs(plan: PairPlan, metric, batch_size: int = 32, device: str = "aut
                     on_spatial_map(ref, dist, heat[j])
             if advance:
                 advance(n)
+    if work.world > 1:
+        for batch, scores in zip(batches, work.gather([[results[i].score for i in batches[b]] for b in work.mine])):
+            for i, score in zip(batch, scores):
+                results[i] = PairScore(*plan.pairs[i], score)
     return results  # type: ignore[return-value]
 
 

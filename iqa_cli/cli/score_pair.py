@@ -81,6 +81,10 @@ def score_pair(
     with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
         results = score_pairs(plan, model, batch_size=batch_size, device=device, resize=resize,
                               on_spatial_map=sink, advance=advance, sizes=sizes)
+    from ..engine import is_main_process
+
+    if not is_main_process():  # under torchrun: every process scored its share; the main one writes
+        return
     if out is not None:
         write_csv(out, ["ref", "dist", "score"], [(str(r.ref), str(r.dist), f"{r.score:.8f}") for r in results])
 
