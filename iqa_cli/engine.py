@@ -434,6 +434,26 @@ def gather_rows(x: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Te
     return _all_gather_rows(x, sizes)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over processes, on every process; its gradient is the sum of every process's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the global batch across processes, for
     CPU tensors over Gloo (torch.nn.SyncBatchNorm runs on GPUs only). Same parameters, buffers and
@@ -445,7 +465,6 @@ class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
-        from torch.distributed.nn.functional import all_reduce
 
         self._check_input_dim(x)
         if not self.training and self.track_running_stats:
@@ -453,7 +472,7 @@ class CPUSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         count = x.new_full((1,), x.numel() // c if c else 0)
-        totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # sums over the global batch
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # over the global batch
         n = totals[-1].detach()
         mean = totals[:c] / n
         var = totals[c:2 * c] / n - mean * mean

@@ -91,7 +91,8 @@ class BAPPSRecipe(PerceptualRecipe):
             s = self.cfg.load_size
             empty = torch.zeros((0, 3, s, s), dtype=torch.uint8)
             return {"ref": empty, "p0": empty, "p1": empty, "judge": torch.zeros(0)}
-        return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in ("ref", "p0", "p1", "judge")}
+        return {key: torch.stack([torch.as_tensor(item[key]) for item in items])
+                for key in ("ref", "p0", "p1", "judge")}
 
     def forward(self, modules, data: dict[str, torch.Tensor], shard: Shard) -> dict[str, torch.Tensor]:
         from ..engine import to_device_float

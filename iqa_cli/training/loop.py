@@ -569,9 +569,9 @@ class _Training:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        training = {**self.recipe.resume_state(self.modules), "epoch": epoch, "total_epochs": self.settings.total_epochs,
-                    "optimizer": self.optimizer.state_dict(), "rng": rng, "history": [dict(r) for r in self.history],
-                    "processes": self.world}
+        training = {**self.recipe.resume_state(self.modules), "epoch": epoch,
+                    "total_epochs": self.settings.total_epochs, "optimizer": self.optimizer.state_dict(), "rng": rng,
+                    "history": [dict(r) for r in self.history], "processes": self.world}
         if epoch > 0:
             write_checkpoint(self.run_dir / f"epoch_{epoch}.pth", {**payload, "epoch": epoch})
         write_checkpoint(self.latest, {**payload, "epoch": epoch, "training": training})
