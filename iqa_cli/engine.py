@@ -30,7 +30,6 @@ import ctypes
 import datetime
 import functools
 import os
-import pickle
 import platform
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -235,9 +234,24 @@ def ensure_process_group() -> bool:
     return True
 
 
+_alone = False  # see single_process()
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Inside this block this process works alone, as if no launcher had started it (world_size() is
+    1): for work that is not shared out, run by the main process while the others skip it."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
+
+
 def world_size() -> int:
     """Processes working together (1 without a launcher)."""
-    if not ensure_process_group():
+    if _alone or not ensure_process_group():
         return 1
     import torch.distributed as dist
 
@@ -246,7 +260,7 @@ def world_size() -> int:
 
 def process_rank() -> int:
     """This process's place among them, 0 (the main process) to world_size() - 1."""
-    if not ensure_process_group():
+    if _alone or not ensure_process_group():
         return 0
     import torch.distributed as dist
 
@@ -356,7 +370,7 @@ def all_gather_objects(obj: Any) -> list:
 
 def share_from_main(compute: Callable[[], Any]) -> Any:
     """Run ``compute`` on the main process only and hand its result to every process; an IQAError
-    it raises is raised on every process (so all stop with the same one-line message)."""
+    or OSError it raises is raised on every process (so all stop with the same one-line message)."""
     if world_size() == 1:
         return compute()
     import torch.distributed as dist
@@ -365,7 +379,7 @@ def share_from_main(compute: Callable[[], Any]) -> Any:
     if is_main_process():
         try:
             box[0] = (True, compute())
-        except IQAError as exc:
+        except (IQAError, OSError) as exc:
             box[0] = (False, exc)
     dist.broadcast_object_list(box, src=0)
     ok, value = box[0]

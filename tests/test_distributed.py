@@ -22,6 +22,7 @@ import torch
 
 from conftest import save_png
 from ddp_driver import run_toy
+from mesh_fixtures import make_render_db
 from test_training import make_teacher_store
 
 pytestmark = pytest.mark.slow
@@ -70,6 +71,7 @@ def launched(tmp_path_factory, torch_home):
     nomos, _, _ = make_teacher_store(root / "nomos.h5", head="lpips", n_models=1, n_stimuli=4, n_patches=2,
                                      with_mos=False)
     refs, dists = _pairs(root / "pairs")
+    renders, db = make_render_db(root / "renders_db", n_models=2, n_stimuli_per_model=2, size=(96, 96))
     out = root / "out"
     out.mkdir()
     ck = root / "ck2"
@@ -82,6 +84,7 @@ def launched(tmp_path_factory, torch_home):
         {"name": "train_rank", "cli": ["train", store, "--name", "rank", "--checkpoints-dir", ck, *TRAIN,
                                        "--loss", "mse+rank"]},
         {"name": "toy", "toy": {"run_dir": str(root / "toy2")}},
+        {"name": "patchify", "cli": ["patchify", renders, "--db", db, "--out", out / "patchified.h5"]},
         # last: after a failure the run's failure counter is taken, later errors would stay silent
         {"name": "nomos", "cli": ["train", nomos, "--name", "nomos", "--checkpoints-dir", ck, *TRAIN]},
     ]
@@ -89,7 +92,8 @@ def launched(tmp_path_factory, torch_home):
     done = subprocess.run([*TORCHRUN, str(TESTS / "ddp_driver.py"), str(out), str(root / "jobs.json")],
                           env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {"root": root, "out": out, "store": store, "refs": refs, "dists": dists, "ck": ck}
+    return {"root": root, "out": out, "store": store, "refs": refs, "dists": dists, "ck": ck, "renders": renders,
+            "db": db}
 
 
 def _read(launch, name: str, rank: int, stream: str) -> str:
@@ -178,6 +182,16 @@ def test_batchnorm_dropout_and_a_loss_only_module_under_two_processes(launched, 
         _assert_close(two[part], one[part])
     assert int(two["net"]["1.num_batches_tracked"]) == 6  # 3 steps x 2 epochs, counted once
     assert two["training"]["processes"] == 2 and one["training"]["processes"] == 1
+
+
+def test_a_command_that_does_not_shard_runs_once_in_the_main_process(launched, cli, tmp_path):
+    from iqa_cli.io.store import PatchStore
+
+    _one_voice(launched, "patchify")
+    assert cli("patchify", launched["renders"], "--db", launched["db"], "--out", tmp_path / "one.h5").exit_code == 0
+    two, one = PatchStore.open(launched["out"] / "patchified.h5"), PatchStore.open(tmp_path / "one.h5")
+    assert two.n_patches == one.n_patches > 0
+    assert np.array_equal(two.read_distorted(0, two.n_patches), one.read_distorted(0, one.n_patches))
 
 
 def test_an_error_on_every_process_is_reported_once(launched):

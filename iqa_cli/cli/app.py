@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -42,24 +43,38 @@ def _processes():
     return engine if engine.launched() else None
 
 
+# Commands that share their work among torchrun's processes; under torchrun any other command runs
+# in the main process alone while the others exit (add a command here once it shards its work).
+SHARED_COMMANDS = {"score-mesh-db", "score-pair", "train"}
+
+
 @contextlib.contextmanager
-def _one_voice(processes):
+def _one_voice(processes, command: str | None):
     """Under torchrun: join the process group first, so that any failure can be reported once, and
-    let only the main process print results, warnings and progress."""
+    let only the main process print results, warnings and progress. Yields whether this process
+    runs the command."""
     if processes is None:
-        yield
+        yield True
         return
     from .common import err_console
 
     processes.ensure_process_group()
+    if command not in SHARED_COMMANDS:
+        if processes.is_main_process():
+            with processes.single_process():
+                yield True
+        else:
+            yield False
+        return
     if processes.is_main_process():
-        yield
+        yield True
         return
     stdout, quiet = sys.stdout, err_console.quiet
-    with open(os.devnull, "w") as devnull:
+    with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank 0 shows them once
         sys.stdout, err_console.quiet = devnull, True
         try:
-            yield
+            yield True
         finally:
             sys.stdout, err_console.quiet = stdout, quiet
 
@@ -93,9 +108,10 @@ class IQAGroup(TyperGroup):
         from .common import err_console
 
         processes = _processes()
+        command = next(iter(getattr(ctx, "_protected_args", None) or []), None)  # the sub-command's name
         try:
-            with _one_voice(processes):
-                return super().invoke(ctx)
+            with _one_voice(processes, command) as runs_here:
+                return super().invoke(ctx) if runs_here else None
         except UsageError as exc:  # a command's options and arguments, or an unknown command
             sub = ctx.invoked_subcommand
             raise _usage_error(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None

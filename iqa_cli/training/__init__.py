@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .bapps import BAPPSRecipe, evaluate_bapps, two_afc_agreement
-from .config import BAPPS_TRAIN_SETS, METHODS, TrainConfig, TrainResult, resume_keys, validate_config
-from .loop import LoopSettings, Recipe, Shard, TrainEvent, run
+from .config import BAPPS_TRAIN_SETS, METHODS, TrainConfig, resume_keys, validate_config
+from .loop import LoopSettings, Recipe, Shard, TrainEvent, TrainResult, run
 from .mos import MOSBatches, MOSRecipe, Split, epoch_batches, evaluate_mos, make_split, stimulus_patch_sample
 from .perceptual import build_model, init_heads_, learning_rate
 
@@ -40,10 +40,4 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         seed_from_checkpoint=config.seed is None, resume_keys=resume_keys(cfg), eval_every=cfg.testset_freq,
         device=cfg.device, num_workers=cfg.num_workers, stop_after_epoch=cfg.stop_after_epoch,
         inputs=tuple(p for p in (cfg.store, cfg.bapps_root) if p is not None))
-    outcome = run(recipe, settings, progress)
-    return TrainResult(name=cfg.name, mode=cfg.mode, run_dir=outcome.run_dir, checkpoint=outcome.checkpoint,
-                       metrics_csv=outcome.metrics_csv, curves_png=outcome.curves_png,
-                       epochs_completed=outcome.epochs_completed, total_epochs=outcome.total_epochs,
-                       resumed_from=outcome.resumed_from, stopped_early=outcome.stopped_early,
-                       n_train=recipe.n_train, n_test=recipe.n_test, history=outcome.history, final=outcome.final,
-                       seconds=outcome.seconds, config=outcome.config, model=outcome.modules["model"])
+    return run(recipe, settings, progress)

@@ -60,10 +60,6 @@ class BAPPSRecipe(PerceptualRecipe):
     eval_key = "val_2afc"
     curves = Curves(score=(("train_2afc", "train 2AFC"), ("val_2afc", "val 2AFC")), score_label="2AFC score")
 
-    def __init__(self, cfg: TrainConfig):
-        super().__init__(cfg)
-        self.n_train, self.n_test = 0, 0
-
     def prepare(self, ctx: RunContext) -> None:
         from torch.utils.data import ConcatDataset
 

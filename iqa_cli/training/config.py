@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,37 +111,6 @@ class TrainConfig:
             if d[key] is not None:
                 d[key] = list(d[key])
         d["mode"] = self.mode
-        return d
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What ``train`` returns (the same on every process under torchrun; only the main one wrote files)."""
-
-    name: str
-    mode: str
-    run_dir: Path
-    checkpoint: Path
-    metrics_csv: Path
-    curves_png: Path
-    epochs_completed: int
-    total_epochs: int
-    resumed_from: int | None
-    stopped_early: bool
-    n_train: int
-    n_test: int
-    history: tuple[dict, ...]
-    final: dict
-    seconds: float
-    config: dict
-    model: Any = field(default=None, repr=False, compare=False)  # the trained PerceptualDistance (eval mode)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
-        for key in ("run_dir", "checkpoint", "metrics_csv", "curves_png"):
-            d[key] = str(d[key])
-        d["history"] = [dict(r) for r in self.history]
-        d["final"] = dict(self.final)
         return d
 
 

@@ -46,7 +46,8 @@ The recipe interface
     (under its ``training`` key, beside the loop's own state), and the strict inverse of both.
 Attributes: ``unit`` (what an item is, for progress: "stimuli"), ``columns`` (metrics.csv columns
 the recipe adds), ``eval_key`` (the headline metric: the last epoch that has it is the result's
-``final``), ``curves`` (what curves.png plots).
+``final``), ``curves`` (what curves.png plots), ``n_train`` / ``n_test`` (set in ``prepare``, for
+the result). ``run`` returns a TrainResult whose ``model`` is ``modules["model"]``.
 
 A minimal recipe, a linear model fit to random vectors::
 
@@ -63,9 +64,9 @@ A minimal recipe, a linear model fit to random vectors::
             return 1e-2 * 0.5 * (1 + math.cos(math.pi * ((epoch - 1) * steps + step) / (10 * steps)))
         def batches(self, epoch):
             return [list(range(k, k + 32)) for k in range(0, 256, 32)]     # 8 steps of 32 items
-        def load(self, shard):
-            x = torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(int(s))) for s in shard.seeds])
-            return {"x": x}                  # an empty shard gives a (0, 8) tensor: fine
+        def load(self, shard):           # one random vector per item, from the item's seed
+            x = [torch.randn(8, generator=torch.Generator().manual_seed(int(s))) for s in shard.seeds]
+            return {"x": torch.stack(x) if x else torch.zeros(0, 8)}    # a shard may be empty
         def forward(self, modules, data, shard):
             return {"pred": modules["net"](data["x"]).squeeze(1), "target": data["x"].sum(1)}
         def loss(self, modules, outputs):
@@ -77,7 +78,10 @@ A minimal recipe, a linear model fit to random vectors::
         def restore(self, modules, checkpoint):
             modules["net"].load_state_dict(checkpoint["state_dict"])
 
-    run(Toy(), LoopSettings(run_dir=Path("runs/toy"), total_epochs=10, seed=0, config={"seed": 0}))
+    run(Toy(), LoopSettings(run_dir=Path("runs/toy"), total_epochs=10, config={"seed": 0}))
+
+tests/ddp_driver.py has a complete one (BatchNorm, keyed dropout, a loss-only module, soft-rank
+loss) that the tests run on one and two processes.
 
 Processes and batch sizes
 -------------------------
@@ -106,7 +110,7 @@ import contextlib
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -227,6 +231,8 @@ class Recipe:
     columns: tuple[str, ...] = ()
     eval_key: str = ""
     curves: Curves = Curves()
+    n_train: int = 0  # items in the training / test sets, for the result (set them in prepare)
+    n_test: int = 0
 
     def prepare(self, ctx: RunContext) -> None:
         pass
@@ -272,7 +278,12 @@ class Recipe:
 
 
 @dataclass(frozen=True)
-class LoopOutcome:
+class TrainResult:
+    """What a run returns (the same on every process under torchrun; only the main one wrote files).
+    ``mode`` is the config's method; ``model`` the recipe's ``modules["model"]``, in eval mode."""
+
+    name: str
+    mode: str
     run_dir: Path
     checkpoint: Path
     metrics_csv: Path
@@ -281,18 +292,28 @@ class LoopOutcome:
     total_epochs: int
     resumed_from: int | None
     stopped_early: bool
+    n_train: int
+    n_test: int
     history: tuple[dict, ...]
     final: dict
     seconds: float
     config: dict
-    modules: dict[str, nn.Module] = field(repr=False, compare=False)
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        for key in ("run_dir", "checkpoint", "metrics_csv", "curves_png"):
+            d[key] = str(d[key])
+        d["history"] = [dict(r) for r in self.history]
+        d["final"] = dict(self.final)
+        return d
 
 
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
 
-def run(recipe: Recipe, settings: LoopSettings, progress: Progress | None = None) -> LoopOutcome:
+def run(recipe: Recipe, settings: LoopSettings, progress: Progress | None = None) -> TrainResult:
     """Train ``recipe`` under ``settings``; see the module docstring. Call it on every process."""
     from ..engine import process_rank, resolve_device, share_from_main, world_size
     from ..io.files import OutputLock
@@ -449,7 +470,7 @@ class _Training:
             self.progress(TrainEvent(total_epochs=self.settings.total_epochs, unit=self.recipe.unit, **kwargs))
 
     # -- the epochs --------------------------------------------------------------------------------
-    def train(self, start_time: float) -> LoopOutcome:
+    def train(self, start_time: float) -> TrainResult:
         from ..engine import barrier
 
         settings, total = self.settings, self.settings.total_epochs
@@ -482,9 +503,14 @@ class _Training:
             module.eval()
         key = self.recipe.eval_key
         evaluated = [r for r in self.history if r.get(key) is not None]
-        return LoopOutcome(self.run_dir, self.latest, csv_path, png_path, self.epoch, total, self.resumed_from,
-                           stopped, tuple(dict(r) for r in self.history), dict(evaluated[-1]) if evaluated else {},
-                           time.perf_counter() - start_time, dict(self.config), self.modules)
+        recipe = self.recipe
+        return TrainResult(
+            name=self.run_dir.name, mode=str(self.config.get("mode", self.config.get("method", ""))),
+            run_dir=self.run_dir, checkpoint=self.latest, metrics_csv=csv_path, curves_png=png_path,
+            epochs_completed=self.epoch, total_epochs=total, resumed_from=self.resumed_from, stopped_early=stopped,
+            n_train=int(recipe.n_train), n_test=int(recipe.n_test), history=tuple(dict(r) for r in self.history),
+            final=dict(evaluated[-1]) if evaluated else {}, seconds=time.perf_counter() - start_time,
+            config=dict(self.config), model=self.modules.get("model"))
 
     def _should_stop(self, epoch: int) -> bool:
         stop = self.settings.stop_after_epoch

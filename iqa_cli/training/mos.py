@@ -252,10 +252,6 @@ class MOSRecipe(PerceptualRecipe):
     curves = Curves(loss=(("train_loss", "train"), ("test_loss", "test")),
                     score=(("test_srocc", "test SROCC"), ("test_plcc", "test PLCC")), score_label="correlation")
 
-    def __init__(self, cfg: TrainConfig):
-        super().__init__(cfg)
-        self.n_train = self.n_test = 0
-
     def prepare(self, ctx: RunContext) -> None:
         super().prepare(ctx)
         cfg = self.cfg

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from .config import TrainConfig
-from .loop import Curves, Recipe, RunContext
+from .loop import Recipe, RunContext
 
 
 def learning_rate(epoch: int, lr: float, nepoch: int, nepoch_decay: int) -> float:
