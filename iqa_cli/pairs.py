@@ -135,7 +135,7 @@ def score_pairs(plan: PairPlan, metrics, batch_size: int = 32, device: str = "au
     """
     import torch
 
-    from .engine import make_loader, resolve_device, to_device_float
+    from .engine import make_loader, resolve_device, shard_work, to_device_float
 
     metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
     map_maker = next((m for m in metrics if getattr(m, "makes_maps", False)), None)
@@ -152,7 +152,10 @@ def score_pairs(plan: PairPlan, metrics, batch_size: int = 32, device: str = "au
     for i, hw in enumerate(sizes):
         by_size.setdefault(hw, []).append(i)
     batches = [idx[k:k + batch_size] for idx in by_size.values() for k in range(0, len(idx), batch_size)]
-    loader = make_loader(_PairImages(plan.pairs, sizes), None, dev, batch_sampler=batches,
+    work = shard_work(len(batches), weights=[len(b) for b in batches])  # under torchrun: a block of batches each
+    advance = work.progress(advance)
+    mine = batches[work.mine.start:work.mine.stop]
+    loader = make_loader(_PairImages(plan.pairs, sizes), None, dev, batch_sampler=mine,
                          num_workers=None if len(plan.pairs) > batch_size else 0, collate_fn=_collate)
     results: list[PairScore | None] = [None] * len(plan.pairs)
     metrics = [m.to(dev).eval() for m in metrics]
@@ -177,6 +180,11 @@ def score_pairs(plan: PairPlan, metrics, batch_size: int = 32, device: str = "au
                     on_spatial_map(ref, dist, heat[j])
             if advance:
                 advance(len(idx))
+    if work.world > 1:
+        gathered = work.gather([[results[i].scores for i in batches[b]] for b in work.mine])
+        for batch, scores in zip(batches, gathered):
+            for i, score in zip(batch, scores):
+                results[i] = PairScore(*plan.pairs[i], score)
     return results  # type: ignore[return-value]
 
 

@@ -246,15 +246,21 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, kind, head_type, net, "0.1", head_state, backbone)
 
 
+def checkpoint_payload(model: nn.Module, net: str, version: str, head_type: str, config: dict[str, Any] | None = None,
+                       include_backbone: bool = False) -> dict[str, Any]:
+    """What a checkpoint file holds (the training loop writes it, save_checkpoint below too)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if k.startswith("lin") or (include_backbone and k.startswith("net."))}
+    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "net": net,
+            "version": version, "head_type": head_type, "state_dict": state, "config": dict(config or {})}
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, net: str, version: str, head_type: str,
                     config: dict[str, Any] | None = None, include_backbone: bool = False,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint this project (and score-pair / score-mesh-db) loads; atomic rename."""
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
-             if k.startswith("lin") or (include_backbone and k.startswith("net."))}
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "net": net,
-               "version": version, "head_type": head_type, "state_dict": state, "config": dict(config or {})}
+    payload = checkpoint_payload(model, net, version, head_type, config, include_backbone)
     payload.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

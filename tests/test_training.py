@@ -578,3 +578,132 @@ def test_bapps_unknown_subset_is_a_clear_error(tmp_path, cli):
     root = make_bapps_tree(tmp_path / "dataset", {"2afc": ["train/traditional"]}, n=2)
     _one_line_error(cli("train", "--bapps", root, "--datasets", "train/mix", "--name", "x", "--checkpoints-dir",
                         tmp_path / "ck"), "no subset 'train/mix'")
+
+
+# -- robustness (issue 9): full disk, two runs of one name, damaged resume state, empty store -----------
+def test_disk_full_while_saving_is_one_line_and_leaves_no_temporary_file(small_store, tmp_path, cli, monkeypatch):
+    import errno
+
+    calls = []
+    real_write = Path.write_bytes
+
+    def full_disk_on_the_second_checkpoint(self, data):
+        calls.append(self.name)
+        if len(calls) == 3:  # latest.pth (epoch 0), epoch_1.pth, then latest.pth (epoch 1)
+            real_write(self, bytes(data)[:1000])  # what a full disk lets through before it fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk_on_the_second_checkpoint)
+    result = cli(*_train_args(small_store, tmp_path))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()  # epoch 0's log line, then the error
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr
+    assert "ck/cli/latest.pth: cannot be written: no space left on device" in lines[-1] and ".tmp" not in lines[-1]
+    run = tmp_path / "ck" / "cli"
+    assert not [p.name for p in run.iterdir() if "tmp" in p.name]
+    assert _state(run / "latest.pth")["training"]["epoch"] == 0  # the last complete save is intact
+
+
+def _user_namespaces_work() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _user_namespaces_work(), reason="needs unshare -rm (unprivileged user namespaces) to mount "
+                    "a tiny tmpfs; test_disk_full_while_saving_... covers the same path by injection")
+def test_disk_full_on_a_real_tiny_filesystem(small_store, tmp_path):
+    """A 3 MB tmpfs: epoch 0's files fit, epoch 1's latest.pth (with the Adam state) does not."""
+    import subprocess
+    import sys
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    script = (f"mount -t tmpfs -o size=3m tmpfs {ck} && "
+              f"{sys.executable} -m iqa_cli train {small_store} --name run --checkpoints-dir {ck} --device cpu "
+              f"--npatches 4 --nepoch 1 --nepoch_decay 0 --seed 0 --split 0.75 --head graphics; echo rc=$?; "
+              f"ls -a {ck}/run; {sys.executable} -c \"import torch; print('epoch', torch.load('{ck}/run/latest.pth', "
+              f"weights_only=True)['training']['epoch'])\"")
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env,
+                          timeout=600)
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("epoch ")]  # then the log lines
+    assert len(errors) == 1 and errors[0].startswith("error: "), done.stderr
+    assert "run/latest.pth: cannot be written: no space left on device" in errors[0] and ".tmp" not in errors[0]
+    assert "rc=1" in done.stdout
+    listing = done.stdout.split("rc=1", 1)[1].split()
+    assert not [name for name in listing if "tmp" in name], listing
+    assert "epoch 0" in done.stdout  # latest.pth still holds the last complete epoch
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_writes(small_store, tmp_path, cli):
+    from iqa_cli.io.files import OutputLock
+
+    other = OutputLock(tmp_path / "ck" / "cli", "iqa train")  # another `iqa train --name cli` holding the folder
+    other.acquire()
+    try:
+        _one_line_error(cli(*_train_args(small_store, tmp_path)), "another iqa train is writing it right now")
+        assert not (tmp_path / "ck" / "cli").exists()
+    finally:
+        other.release()
+    # and a run holds the lock while it trains
+    seen = []
+
+    def try_to_take_it(event):
+        if event.kind == "step" and not seen:
+            probe = OutputLock(tmp_path / "ck" / "run", "iqa train")
+            with pytest.raises(InvalidInputError, match="another iqa train is writing it"):
+                probe.acquire()
+            seen.append(True)
+
+    train(_cfg(small_store, tmp_path, nepoch=1, nepoch_decay=0, testset_freq=5), progress=try_to_take_it)
+    assert seen and not (tmp_path / "ck" / "run.lock").exists()  # released at the end
+
+
+@pytest.mark.parametrize("damage", ["no_rng", "rng_not_a_dict", "no_optimizer", "epoch_text"])
+def test_resume_from_a_damaged_training_state_is_one_line(small_store, tmp_path, cli, damage):
+    assert cli(*_train_args(small_store, tmp_path)).exit_code == 0
+    latest = tmp_path / "ck" / "cli" / "latest.pth"
+    payload = _state(latest)
+    training = payload["training"]
+    if damage == "no_rng":
+        del training["rng"]
+    elif damage == "rng_not_a_dict":
+        training["rng"] = [1, 2]
+    elif damage == "no_optimizer":
+        del training["optimizer"]
+    else:
+        training["epoch"] = "1"
+    torch.save(payload, latest)
+    key = {"no_rng": "'rng' is missing", "rng_not_a_dict": "'rng' is a list", "no_optimizer": "'optimizer' is missing",
+           "epoch_text": "'epoch' is a str"}[damage]
+    _one_line_error(cli(*_train_args(small_store, tmp_path, "--resume")), "--resume", "latest.pth", key)
+
+
+def test_an_empty_store_is_refused(tmp_path, cli, torch_home):
+    with StoreWriter(tmp_path / "empty.h5", patch_size=32, stride=32, min_foreground=0.6, background="auto",
+                     fingerprint="empty", source="patches") as w:
+        m = w.add_model("m0", np.zeros((0, 32, 32, 3), np.uint8), views=[""])
+        none = np.arange(0)
+        for j in range(4):
+            w.add_stimulus(m, f"s{j}", np.zeros((0, 32, 32, 3), np.uint8), view=none, number=none, y=none, x=none,
+                           ref=none, mos=0.5)
+        w.commit()
+    _one_line_error(cli(*_train_args(tmp_path / "empty.h5", tmp_path)), "empty.h5", "holds no patches")
+    assert not (tmp_path / "ck" / "cli").exists()
+
+
+def test_method_option(small_store, tmp_path, cli):
+    result = cli(*_train_args(small_store, tmp_path, "--method", "mos", "--json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["method"] == "mos"
+    _one_line_error(cli(*_train_args(small_store, tmp_path, "--method", "bapps")), "--method bapps", "--bapps ROOT")
+    _one_line_error(cli(*_train_args(small_store, tmp_path, "--method", "grepq")), "--method grepq: choose one of")

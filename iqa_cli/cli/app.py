@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import warnings
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -21,10 +24,72 @@ def _usage_error(exc, fallback: str = "iqa") -> typer.Exit:
 
     if isinstance(exc, NoArgsIsHelpError):
         raise exc
+    processes = _processes()
+    if processes is not None and processes.launcher_rank() != 0:  # every process has the same arguments
+        return typer.Exit(exc.exit_code)
     where = exc.ctx.command_path if exc.ctx is not None else fallback
     message = exc.format_message().rstrip(".")
     err_console.print(Text("error: ", style="bold red") + Text(f"{message} (see '{where} --help')"))
     return typer.Exit(exc.exit_code)
+
+
+def _processes():
+    """The engine, when a launcher (torchrun) started this process as one of several; else None,
+    without importing torch (``iqa --help`` stays fast)."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return None
+    from .. import engine
+
+    return engine if engine.launched() else None
+
+
+# Commands that share their work among torchrun's processes; under torchrun any other command runs
+# in the main process alone while the others exit (add a command here once it shards its work).
+SHARED_COMMANDS = {"score-mesh-db", "score-pair", "train"}
+
+
+@contextlib.contextmanager
+def _one_voice(processes, command: str | None):
+    """Under torchrun: join the process group first, so that any failure can be reported once, and
+    let only the main process print results, warnings and progress. Yields whether this process
+    runs the command."""
+    if processes is None:
+        yield True
+        return
+    from .common import err_console
+
+    processes.ensure_process_group()
+    if command not in SHARED_COMMANDS:
+        if processes.is_main_process():
+            with processes.single_process():
+                yield True
+        else:
+            yield False
+        return
+    if processes.is_main_process():
+        yield True
+        return
+    stdout, quiet = sys.stdout, err_console.quiet
+    with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank 0 shows them once
+        sys.stdout, err_console.quiet = devnull, True
+        try:
+            yield True
+        finally:
+            sys.stdout, err_console.quiet = stdout, quiet
+
+
+def _report(message: str, processes) -> None:
+    """The one error line; under torchrun only from the first process that failed."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from .common import err_console
+
+    if processes is not None and not processes.first_failure():
+        return
+    console = Console(stderr=True, highlight=False, soft_wrap=True) if err_console.quiet else err_console
+    console.print(Text("error: ", style="bold red") + Text(message))
 
 
 class IQAGroup(TyperGroup):
@@ -42,20 +107,31 @@ class IQAGroup(TyperGroup):
 
         from .common import err_console
 
+        processes = _processes()
+        command = next(iter(getattr(ctx, "_protected_args", None) or []), None)  # the sub-command's name
         try:
-            return super().invoke(ctx)
+            with _one_voice(processes, command) as runs_here:
+                return super().invoke(ctx) if runs_here else None
         except UsageError as exc:  # a command's options and arguments, or an unknown command
             sub = ctx.invoked_subcommand
             raise _usage_error(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
         except IQAError as exc:
-            err_console.print(Text("error: ", style="bold red") + Text(str(exc)))
+            _report(str(exc), processes)
             raise typer.Exit(1) from None
         except OSError as exc:  # disk full, permission denied, ... never a traceback
-            err_console.print(Text("error: ", style="bold red") + Text(str(exc)))
+            _report(str(exc), processes)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print(Text("interrupted", style="bold red"))
+            if processes is None or processes.launcher_rank() == 0:
+                err_console.print(Text("interrupted", style="bold red"))
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if processes is None or not processes.is_process_group_failure(exc):
+                raise
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            _report(f"process {processes.launcher_rank()} stopped: the other processes are gone or did not answer "
+                    f"({first_line})", processes)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

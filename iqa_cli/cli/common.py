@@ -80,8 +80,9 @@ class RateColumn(ProgressColumn):
 def progress_bar(description: str, total: int | None, unit: str, enabled: bool = True) -> Iterator:
     """A rich progress bar on stderr; yields advance(n, postfix=None) (postfix: short text shown
     after the bar, e.g. the current loss). Hidden when stderr is not a terminal unless
-    IQA_PROGRESS=1, so logs and --json pipelines stay clean."""
-    show = enabled and (err_console.is_terminal or os.environ.get("IQA_PROGRESS") == "1")
+    IQA_PROGRESS=1, so logs and --json pipelines stay clean; hidden on all but the main process
+    under torchrun (their console is quiet)."""
+    show = enabled and not err_console.quiet and (err_console.is_terminal or os.environ.get("IQA_PROGRESS") == "1")
     if not show:
         yield lambda n=1, postfix=None: None
         return

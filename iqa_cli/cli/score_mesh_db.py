@@ -65,6 +65,10 @@ def score_mesh_db(
     with progress_bar("scoring", patch_store.n_patches, "patches") as advance:
         result = run(patch_store, model, batch_size=batch_size, device=device, precision=precision, fit=fit,
                      num_workers=workers, advance=advance)
+    from ..engine import is_main_process
+
+    if not is_main_process():  # under torchrun: every process scored its share; the main one writes
+        return
 
     has_mos = patch_store.has_mos
     if has_mos and result.correlation is None:

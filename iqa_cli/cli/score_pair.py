@@ -95,6 +95,10 @@ def score_pair(
     with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
         results = score_pairs(plan, models, batch_size=batch_size, device=device, resize=resize,
                               on_spatial_map=sink, advance=advance, sizes=sizes)
+    from ..engine import is_main_process
+
+    if not is_main_process():  # under torchrun: every process scored its share; the main one writes
+        return
     names = [m.name for m in models]
     single = len(models) == 1
     columns = ["score"] if single else names

@@ -47,6 +47,9 @@ def train(
     store: Optional[Path] = typer.Argument(None, help="Patch store with MOS (from iqa patchify). Leave out with --bapps.",
                                            show_default=False),
     name: str = typer.Option(..., "--name", help="Run name: files go to CHECKPOINTS_DIR/NAME/.", show_default=False),
+    method: Optional[str] = typer.Option(None, "--method", help="Training recipe: mos (a patch store with MOS) | "
+                                         "bapps (--bapps 2AFC). Default: bapps with --bapps, else mos.",
+                                         show_default=False),
     checkpoints_dir: Path = typer.Option(Path("checkpoints"), "--checkpoints-dir", help="Where run folders go."),
     n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", min=1,
                                     help="Stimuli per optimiser step (whole stimuli)."),
@@ -104,12 +107,15 @@ def train(
 
     Writes CHECKPOINTS_DIR/NAME/latest.pth, epoch_K.pth, metrics.csv and curves.png; the checkpoints load in score-pair, score-mesh-db and eval-bapps with --checkpoint.
 
+    Under torchrun: --nInputImg and --batch-size count for the whole job; --seed gives one process's weights.
+
     \b
     Examples:
       iqa train db.h5 --name glpips --nInputImg 4 --npatches 150 --nepoch 5 --nepoch_decay 5
       iqa train db.h5 --name glpips_rank --loss mse+rank --split 0.8 --seed 1
       iqa train db.h5 --name glpips --resume                     # after Ctrl-C
       iqa train --bapps dataset/ --datasets train/traditional train/cnn train/mix --head lpips --name lpips_alex
+      torchrun --nproc_per_node 4 -m iqa_cli train db.h5 --name glpips --seed 1   # 4 GPUs, same result
     """
     from ..errors import InvalidInputError
     from ..training import BAPPS_TRAIN_SETS, TrainConfig
@@ -121,7 +127,7 @@ def train(
     if bapps is None and (datasets or val_datasets):
         raise InvalidInputError("--datasets and --val-datasets are for --bapps training")
     config = TrainConfig(
-        name=name, store=str(store) if store is not None else None,
+        name=name, method=method, store=str(store) if store is not None else None,
         bapps_root=str(bapps) if bapps is not None else None,
         datasets=_split_values(datasets) or BAPPS_TRAIN_SETS, val_datasets=_split_values(val_datasets),
         checkpoints_dir=str(checkpoints_dir), net=net, head=head, version=version, loss=loss,
