@@ -165,10 +165,12 @@ def _root(show_version: bool = typer.Option(False, "--iqa-version", "-V", callba
 
 
 # -- command registration: the modules import only typer at top level, so --help stays fast --------
-from . import eval_bapps, list_metrics, patchify, score_mesh_db, score_pair  # noqa: E402
+from . import eval_bapps, eval_db, list_metrics, patchify, score_image, score_mesh_db, score_pair  # noqa: E402
 
 app.command("list-metrics")(list_metrics.list_metrics)
+app.command("eval-db")(eval_db.eval_db)
 app.command("score-pair")(score_pair.score_pair)
+app.command("score-image")(score_image.score_image)
 app.command("patchify")(patchify.patchify)
 app.command("score-mesh-db")(score_mesh_db.score_mesh_db)
 app.add_typer(eval_bapps.app, name="eval-bapps")

@@ -31,6 +31,17 @@ CheckpointOpt = typer.Option(None, "--checkpoint", help="Heads to load: an LPIPS
                              "Graphics-LPIPS .pth, or a checkpoint written by 'iqa train'.")
 BackboneWeightsOpt = typer.Option(None, "--backbone-weights", help="Local backbone weights file instead of "
                                   "torchvision's ImageNet cache ($TORCH_HOME/hub/checkpoints).")
+# options of the no-reference metrics (each is passed only to the metrics that take it)
+PristineOpt = typer.Option(None, "--pristine", help="niqe: a pristine model .npz or a pristine store .h5 to refit "
+                           "it from; grepq: the pristine store ('iqa patchify --pristine').")
+LowLevelWeightsOpt = typer.Option(None, "--low-level-weights", help="grepq: the low-level encoder (the authors' "
+                                  ".tar or 'iqa train --method grepq-low' output).")
+ClipWeightsOpt = typer.Option(None, "--clip-weights", help="grepq: a local CLIP RN50 file (adds the high-level "
+                              "part; without it grepq is low-level only).")
+ClipVisualWeightsOpt = typer.Option(None, "--clip-visual-weights", help="grepq: a fine-tuned CLIP image tower "
+                                    "replacing the one of --clip-weights.")
+CropsOpt = typer.Option(None, "--crops", min=1, help="graphiqa: 224x224 crops per image (default 25), at a "
+                        "fixed layout.")
 
 
 def emit_json(document: Any) -> None:
