@@ -83,29 +83,35 @@ def _probe_writable(folder: Path) -> str | None:
     return None
 
 
-def check_output_path(path: str | Path, option: str, folder: bool = False, inputs: Iterable[str | Path | None] = ()
-                      ) -> Path:
+Inputs = "Iterable[str | Path | None] | dict[str, str | Path | None]"
+
+
+def _named_inputs(inputs) -> list[tuple[str, Path]]:
+    """(how to name it, path) of each input given: a mapping option -> path, or plain paths."""
+    pairs = inputs.items() if isinstance(inputs, dict) else ((None, p) for p in inputs)
+    return [(f"the input {p} ({label})" if label else f"the input {p}", Path(p)) for label, p in pairs if p is not None]
+
+
+def check_output_path(path: str | Path, option: str, folder: bool = False, inputs: Inputs = ()) -> Path:
     """Fail before any work when ``path`` cannot be written: a file expected but a folder is there
     (or the reverse, with ``folder``), a special file (/dev/null, a FIFO) is there, a parent that
     should be a folder is a file, or no file can be created in the nearest existing folder.
     Missing parent folders are fine: writers create them.
 
-    ``inputs`` are the files and folders the command reads: an output may not be one of them, nor
-    lie inside an input folder (it would replace or join the inputs)."""
+    ``inputs`` are the files and folders the command reads (plain paths, or a mapping from the
+    option that names each to its path): an output may not be one of them, nor lie inside an input
+    folder (it would replace or join the inputs)."""
     from ..errors import InvalidInputError
 
     path = Path(path)
     target = path.resolve()
-    for source in inputs:
-        if source is None:
-            continue
-        src = Path(source)
+    for name, src in _named_inputs(inputs):
         if _same_path(path, src):
-            raise InvalidInputError(f"{path}: {option} would write over the input {source}; choose an output path "
-                                    "outside the inputs")
+            raise InvalidInputError(f"{path}: {option} would write over {name}; choose an output path outside the "
+                                    "inputs")
         if src.is_dir() and src.resolve() in target.parents:
-            raise InvalidInputError(f"{path}: {option} lies inside the input folder {source}, so it would replace or "
-                                    "mix with the inputs; choose a path outside the inputs")
+            raise InvalidInputError(f"{path}: {option} lies inside the input folder {src}, so it would replace or mix "
+                                    "with the inputs; choose a path outside the inputs")
     kind = special_file_kind(path)
     if kind is not None:
         raise InvalidInputError(f"{path}: is {kind}, not a {'folder' if folder else 'regular file'}; {option} writes "
@@ -127,13 +133,12 @@ def check_output_path(path: str | Path, option: str, folder: bool = False, input
     return path
 
 
-def check_output_paths(outputs: Iterable[tuple[str | Path | None, str, bool]],
-                       inputs: Iterable[str | Path | None] = ()) -> None:
+def check_output_paths(outputs: Iterable[tuple[str | Path | None, str, bool]], inputs: Inputs = ()) -> None:
     """The one check every command runs on its outputs before any work: each (path, option,
     is_folder) with check_output_path against all the inputs, and no two outputs on one path."""
     from ..errors import InvalidInputError
 
-    inputs = [p for p in inputs if p is not None]
+    inputs = dict(inputs) if isinstance(inputs, dict) else [p for p in inputs if p is not None]
     given = [(Path(p), option, folder) for p, option, folder in outputs if p is not None]
     for path, option, folder in given:
         check_output_path(path, option, folder=folder, inputs=inputs)
@@ -182,10 +187,12 @@ def write_failure(path: str | Path, exc: BaseException, what: str = "it"):
     path = Path(path)
     if is_disk_full(exc, path if not isinstance(exc, OSError) else None) or (
             isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS):
-        free = _free_bytes(path)
-        left = f", {free / 2**20:.1f} MiB free in {_nearest_existing(path)}" if free is not None else ""
-        return WriteError(f"{path}: no space left on device while writing {what}{left}; nothing was written "
-                          "(free some space, or choose a path on another disk)")
+        detail = str(exc).partition("No space left on device: ")[2] if isinstance(exc, OSError) else ""
+        if not detail:
+            free = _free_bytes(path)
+            detail = f"{free / 2**20:.1f} MiB free in {_nearest_existing(path)}" if free is not None else ""
+        return WriteError(f"{path}: no space left on device while writing {what}" + (f" ({detail})" if detail else "")
+                          + "; nothing was written (free some space, or choose a path on another disk)")
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc).strip().splitlines()[0]
         return WriteError(f"{path}: cannot be written ({reason}); nothing was written (choose another path)")
@@ -252,11 +259,15 @@ class DeferredInterrupt:
             self.pending = False
             raise KeyboardInterrupt
 
-    def stop(self) -> None:
-        """Restore the previous handler; a Ctrl-C still pending is raised now."""
+    def restore(self) -> None:
+        """Put the previous handler back (a pending Ctrl-C is forgotten: the caller is failing anyway)."""
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)
             self._installed = False
+
+    def stop(self) -> None:
+        """Restore the previous handler; a Ctrl-C still pending is raised now."""
+        self.restore()
         self.check()
 
     def __enter__(self) -> "DeferredInterrupt":
@@ -265,9 +276,8 @@ class DeferredInterrupt:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.stop()
-        elif self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        else:
+            self.restore()
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:

@@ -33,20 +33,29 @@ worker reopens it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from .files import OutputLock
+from .files import DeferredInterrupt, OutputLock, is_disk_full, write_failure
 
 SCHEMA_VERSION = 1
 STORE_KIND = "patch-store"
 FLAG_NO_FOREGROUND = "no-foreground"
+
+# Room kept free on the store's disk while writing: HDF5 writes its metadata when objects close, and
+# one of those writes failing on a full disk leaves the library in a state where closing the file
+# crashes the process. Writes that would leave less than this free are refused beforehand.
+WRITE_MARGIN_BYTES = 4 << 20
 
 STIMULI_COLUMNS = ("model", "stimulus", "split", "mos", "first", "count", "model_index", "flag")
 MODELS_COLUMNS = ("name", "ref_first", "ref_count", "n_views")
@@ -108,6 +117,10 @@ class StoreWriter:
         self._flush_at = max(1, int(flush_patches))
         self._file: h5py.File | None = None
         self._lock = OutputLock(self.path, "iqa patchify")
+        self._interrupt = DeferredInterrupt()
+        self._hdf5_failures: list[BaseException] = []  # raised where HDF5 could only print them
+        self._unraisable_hook = None
+        self._excepthook = None
         self._committed = False
         self._buffers: dict[str, list[np.ndarray]] = {"distorted": [], "reference": []}
         self._buffered = {"distorted": 0, "reference": 0}
@@ -126,16 +139,19 @@ class StoreWriter:
             self.abort()
 
     def open(self) -> None:
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()  # before touching the partial file: another writer may own it
         try:
-            if self.partial.exists():  # left by a killed run: its content is not trusted, start over
-                self.partial.unlink()
-            self._file = h5py.File(self.partial, "w")
-            s = self.patch_size
-            for name in ("distorted", "reference"):
-                self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
-                                          chunks=(_chunk_rows(s), s, s, 3))
+            with self._writing():
+                self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()  # before touching the partial file: another writer may own it
+            self._start_guards()
+            with self._writing():
+                if self.partial.exists():  # left by a killed run: its content is not trusted, start over
+                    self.partial.unlink()
+                self._file = h5py.File(self.partial, "w")
+                s = self.patch_size
+                for name in ("distorted", "reference"):
+                    self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                                              chunks=(_chunk_rows(s), s, s, 3))
         except BaseException:
             self.abort()  # a failing __enter__ gets no __exit__: drop the partial file and the lock here
             raise
@@ -154,6 +170,74 @@ class StoreWriter:
             except FileNotFoundError:
                 pass
         self._lock.release()
+        self._stop_guards(raise_pending=False)
+
+    # -- failures while writing ---------------------------------------------------------------------
+    # HDF5 writes metadata when objects are closed, from h5py's finalisers, where an error (a full
+    # disk) or a Ctrl-C can only be printed ("Exception ignored in ... __dealloc__") and the run
+    # goes on to crash or to exit 0. While a writer is open, such failures are collected instead and
+    # raised at the writer's next step, and Ctrl-C waits for that step too.
+    def _start_guards(self) -> None:
+        self._interrupt.start()
+        if self._unraisable_hook is None:
+            # Cython prints a finaliser's error through sys.excepthook, then sys.unraisablehook
+            self._unraisable_hook, self._excepthook = sys.unraisablehook, sys.excepthook
+            sys.unraisablehook = self._collect_unraisable
+            sys.excepthook = self._collect_printed
+
+    def _stop_guards(self, raise_pending: bool = True) -> None:
+        if self._unraisable_hook is not None:
+            sys.unraisablehook, sys.excepthook = self._unraisable_hook, self._excepthook
+            self._unraisable_hook = None
+        if raise_pending:
+            self._interrupt.stop()
+        else:
+            self._interrupt.restore()
+
+    def _collect_unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, (OSError, RuntimeError, KeyboardInterrupt)):
+            self._hdf5_failures.append(unraisable.exc_value)
+        else:
+            self._unraisable_hook(unraisable)
+
+    def _collect_printed(self, exc_type, exc, tb) -> None:
+        if not isinstance(exc, (OSError, RuntimeError, KeyboardInterrupt)):
+            self._excepthook(exc_type, exc, tb)
+
+    def _ensure_room(self, nbytes: int) -> None:
+        """Refuse (WriteError naming the store) a write that would leave the disk nearly full."""
+        try:
+            free = shutil.disk_usage(self.partial.parent).free
+        except OSError:
+            return
+        if free < nbytes + WRITE_MARGIN_BYTES:
+            raise OSError(errno.ENOSPC, f"No space left on device: {nbytes / 2**20:.1f} MiB more to write, "
+                                        f"{free / 2**20:.1f} MiB free in {self.partial.parent} and "
+                                        f"{WRITE_MARGIN_BYTES >> 20} MiB kept free")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One step of writing: a Ctrl-C pressed or an HDF5 failure collected meanwhile is raised at
+        its end; a write error becomes a WriteError naming the store. A full disk first gets the
+        partial file truncated, so that HDF5's closing writes find room and end cleanly."""
+        try:
+            yield
+            self._interrupt.check()
+            failures, self._hdf5_failures = self._hdf5_failures, []
+            if any(isinstance(f, KeyboardInterrupt) for f in failures):
+                raise KeyboardInterrupt
+            if failures:
+                raise failures[0]
+        except Exception as exc:  # noqa: BLE001 - sorted below: write failures vs the caller's bugs
+            error = write_failure(self.path, exc, "the patch store")
+            if error is None and any(is_disk_full(f) for f in (exc, *self._hdf5_failures)):
+                error = write_failure(self.path, OSError(28, "No space left on device"), "the patch store")
+            if error is None:
+                raise
+            if is_disk_full(exc) or "no space left" in str(error):
+                with contextlib.suppress(OSError):
+                    os.truncate(self.partial, 0)
+            raise error from None
 
     # -- content --------------------------------------------------------------------------------
     @property
@@ -184,17 +268,21 @@ class StoreWriter:
     def _flush(self, name: str) -> None:
         if not self._buffered[name]:
             return
-        ds = self._file[name]
-        block = np.concatenate(self._buffers[name]) if len(self._buffers[name]) > 1 else self._buffers[name][0]
-        start = ds.shape[0]
-        ds.resize(start + len(block), axis=0)
-        ds[start:start + len(block)] = block
+        with self._writing():
+            block = np.concatenate(self._buffers[name]) if len(self._buffers[name]) > 1 else self._buffers[name][0]
+            self._ensure_room(block.nbytes)
+            ds = self._file[name]
+            start = ds.shape[0]
+            ds.resize(start + len(block), axis=0)
+            ds[start:start + len(block)] = block
+            del ds  # closed here, inside the step, so that its failures are this step's
         self._buffers[name].clear()
         self._buffered[name] = 0
 
     def add_model(self, name: str, reference: np.ndarray, views: Sequence[str] = ("",)) -> int:
         """Append one model's reference patches (all views, view-major); returns its model index."""
         reference = self._check_patches(reference, f"model {name}")
+        self._interrupt.check()  # a Ctrl-C pressed while the caller read this model's renders
         first = self._append("reference", reference)
         m = self._models
         m["name"].append(str(name))
@@ -211,6 +299,7 @@ class StoreWriter:
         ``ref`` is relative to the model's first reference row (the writer adds ``ref_first``).
         """
         patches = self._check_patches(patches, f"stimulus {stimulus}")
+        self._interrupt.check()  # a Ctrl-C pressed while the caller read this stimulus's renders
         n = len(patches)
         if not 0 <= model_index < len(self._models["name"]):
             raise ValueError(f"stimulus {stimulus}: unknown model index {model_index}")
@@ -248,7 +337,20 @@ class StoreWriter:
             raise RuntimeError("StoreWriter.commit() without open()")
         self._flush("distorted")
         self._flush("reference")
-        f = self._file
+        with self._writing():
+            n, n_stimuli = self._rows["distorted"], len(self._stimuli["model"])
+            self._ensure_room(n * 30 + (n_stimuli + len(self._models["name"])) * 256)  # the tables, roughly
+            self._write_tables(self._file)
+            self._file.flush()
+            f, self._file = self._file, None  # a failed close must not be retried: HDF5 would crash
+            f.close()
+        os.replace(self.partial, self.path)
+        self._committed = True
+        self._lock.release()
+        self._stop_guards()  # a Ctrl-C pressed after the last step: the store is whole, then stop
+        return self.path
+
+    def _write_tables(self, f: h5py.File) -> None:
         grp = f.create_group("patch_index")
         for key in INDEX_COLUMNS:
             parts = self._index[key]
@@ -271,13 +373,6 @@ class StoreWriter:
         grp.create_dataset("n_views", data=np.array(m["n_views"], dtype=np.int32))
         for key, value in self._attrs.items():
             f.attrs[key] = value
-        f.flush()
-        f.close()
-        self._file = None
-        os.replace(self.partial, self.path)
-        self._committed = True
-        self._lock.release()
-        return self.path
 
 
 # ---------------------------------------------------------------------------------------------
