@@ -11,6 +11,7 @@ import io
 import os
 import pickletools
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -60,7 +61,9 @@ def read_state_file(path: str | Path) -> Any:
 
     path = require_regular_file(path, "a weights file (the path of the .pth file)", error=WeightsError)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the library never prints
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on foreign bytes (KeyError, EOFError, ...)
         raise WeightsError(_unloadable(path, exc)) from None
 

@@ -469,14 +469,15 @@ def _check_render_sizes(plan: PatchifyPlan) -> None:
     """Every reference render must hold at least one tile, and every distorted render must have its
     reference's size (header reads only, before any work)."""
     bad: list[str] = []
-    s = plan.spec.size
+    tile = plan.spec.size
     for m in plan.models:
         ref_sizes = [image_size(p) for p in m.reference]
-        small = [(p, hw) for p, hw in zip(m.reference, ref_sizes) if min(hw) < s]
+        small = [(p, hw) for p, hw in zip(m.reference, ref_sizes) if min(hw) < tile]
         if small:
             p, (h, w) = small[0]
-            raise InvalidInputError(f"--patch-size {s} is larger than the renders: {_rel(p, plan.root)} is {w}x{h}, "
-                                    f"so no {s}x{s} tile fits in it; choose --patch-size {min(h, w)} or less")
+            raise InvalidInputError(f"--patch-size {tile} is larger than the renders: {_rel(p, plan.root)} is "
+                                    f"{w}x{h}, so no {tile}x{tile} tile fits in it; choose --patch-size {min(h, w)} "
+                                    "or less")
         for s in m.stimuli:
             for ref, ref_hw, f in zip(m.reference, ref_sizes, s.files):
                 hw = image_size(f)

@@ -25,6 +25,7 @@ def is_image_path(path: Path) -> bool:
 
 # warnings.catch_warnings swaps process-wide state: readers on several threads take turns around it.
 _HEADER_LOCK = threading.Lock()
+_WARNED_LARGE: set[str] = set()  # files already reported as over PIL's warning limit (once each)
 
 
 def _open_header(path: Path) -> Image.Image:
@@ -45,6 +46,9 @@ def _open_header(path: Path) -> Image.Image:
             raise InvalidInputError(f"{path}: damaged or truncated image ({exc}); re-export the file") from None
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):
+            if str(path) in _WARNED_LARGE:
+                continue
+            _WARNED_LARGE.add(str(path))
             warnings.warn(IQAWarning(f"{path}: {img.width}x{img.height} is {img.width * img.height:,} pixels, over "
                                      f"PIL's decompression-bomb warning limit of {Image.MAX_IMAGE_PIXELS:,}; "
                                      "loading it anyway (it takes a lot of memory)"), stacklevel=3)

@@ -651,7 +651,7 @@ def _validate(f: h5py.File, path: Path, rebuild: str) -> tuple[dict, int, int, d
     missing = [name for name in REQUIRED if not isinstance(f.get(name), h5py.Dataset)]
     missing += [a for a in ("patch_size", "stride", "min_foreground") if a not in attrs]
     if missing:
-        raise StoreError(f"{path}: incomplete patch store (missing {', '.join(missing[:5])}"
+        raise StoreError(f"{path}: damaged or incomplete patch store (missing {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''}); {rebuild}")
     try:
         s = int(attrs["patch_size"])
