@@ -69,6 +69,12 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+def _too_large(path: Path, exc: Exception) -> InvalidInputError:
+    """PIL refuses images above Image.MAX_IMAGE_PIXELS (a decompression-bomb guard)."""
+    detail = str(exc).split(", could be")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+    return InvalidInputError(f"{path}: too large to open ({detail}); downscale or crop the image")
+
+
 def _to_float_rgba(img: Image.Image) -> np.ndarray:
     """(H, W, 4) float32 in [0, 1], whatever the file's mode and bit depth."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
