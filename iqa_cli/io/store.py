@@ -229,12 +229,12 @@ class StoreWriter:
             if failures:
                 raise failures[0]
         except Exception as exc:  # noqa: BLE001 - sorted below: write failures vs the caller's bugs
-            error = write_failure(self.path, exc, "the patch store")
-            if error is None and any(is_disk_full(f) for f in (exc, *self._hdf5_failures)):
-                error = write_failure(self.path, OSError(28, "No space left on device"), "the patch store")
+            full = any(is_disk_full(f) for f in (exc, *self._hdf5_failures))
+            error = write_failure(self.path, exc if not full or isinstance(exc, OSError)
+                                  else OSError(errno.ENOSPC, "No space left on device"), "the patch store")
             if error is None:
                 raise
-            if is_disk_full(exc) or "no space left" in str(error):
+            if full:
                 with contextlib.suppress(OSError):
                     os.truncate(self.partial, 0)
             raise error from None
