@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import InvalidInputError, IQAError, StoreError, UnknownMetricError, WeightsError
+from .errors import InvalidInputError, IQAError, IQAWarning, StoreError, UnknownMetricError, WeightsError, WriteError
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,7 @@ _LAZY = {
 }
 
 __all__ = ["__version__", "IQAError", "InvalidInputError", "UnknownMetricError", "WeightsError", "StoreError",
-           *_LAZY]
+           "WriteError", "IQAWarning", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .datasets.bapps import BappsDataset, check_mode, open_subset, resolve_subsets
-from .engine import iterate_batches, make_loader, to_device_float
+from .engine import iterate_batches, make_loader, resolve_device, to_device_float
 from .errors import InvalidInputError
 from .models.bapps_baselines import BASELINES, check_colorspace
 from .stats.bapps import jnd_average_precision, two_afc_agreement
@@ -199,18 +199,6 @@ def _make_scorer(model: str, net, version, checkpoint, backbone_weights, colorsp
     return _TorchScorer(built, _describe(built, checkpoint))
 
 
-def _worker_message(exc: Exception) -> str | None:
-    """The original one-line message of an InvalidInputError re-raised from a DataLoader worker."""
-    text = str(exc)
-    if "Traceback" not in text:
-        return None
-    marker = "InvalidInputError: "
-    for line in reversed(text.strip().splitlines()):
-        if marker in line:
-            return line.split(marker, 1)[1].strip()
-    return None
-
-
 # -- the protocol ------------------------------------------------------------------------------------
 def _run_subset(dataset: BappsDataset, scorer: _Scorer, batch_size: int, num_workers: int | None,
                 advance: Callable[[int], None] | None) -> SubsetResult:
@@ -219,17 +207,11 @@ def _run_subset(dataset: BappsDataset, scorer: _Scorer, batch_size: int, num_wor
     n_dists = len(images) - 1
     dists: list[list[np.ndarray]] = [[] for _ in range(n_dists)]
     loader = make_loader(dataset, batch_size, scorer.device, num_workers=num_workers)
-    try:
-        with scorer.session():
-            for batch in iterate_batches(loader, advance, count=lambda b: int(b["index"].shape[0])):
-                out = scorer(batch[images[0]], [batch[k] for k in images[1:]])
-                for acc, d in zip(dists, out):
-                    acc.append(d)
-    except InvalidInputError as exc:
-        message = _worker_message(exc)
-        if message is None:
-            raise
-        raise InvalidInputError(message) from None
+    with scorer.session():
+        for batch in iterate_batches(loader, advance, count=lambda b: int(b["index"].shape[0])):
+            out = scorer(batch[images[0]], [batch[k] for k in images[1:]])
+            for acc, d in zip(dists, out):
+                acc.append(d)
     arrays = [np.concatenate(acc) if acc else np.zeros(0) for acc in dists]
     values = dataset.values
     if mode == "2afc":
@@ -258,6 +240,7 @@ def eval_bapps(root: str | Path, mode: str = "2afc", subsets: list[str] | tuple[
     limit: the first N items (by name) of each subset. advance(n) is called after each batch.
     """
     mode = check_mode(mode)
+    resolve_device(device)  # --device means the same for every --model: a bad one is an error, never ignored
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise InvalidInputError(f"--batch-size {batch_size}: expected a whole number >= 1")
     colorspace = check_colorspace(colorspace)

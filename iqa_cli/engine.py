@@ -157,10 +157,37 @@ def autocast(device: torch.device, precision: str = "fp32"):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def worker_message(exc: BaseException) -> str | None:
+    """The original one-line message of an exception re-raised from a DataLoader worker (torch
+    re-raises it with the worker's whole traceback as its message); None for any other exception."""
+    text = str(exc)
+    if "Traceback" not in text:
+        return None
+    marker = f"{type(exc).__name__}: "
+    for line in reversed(text.strip().splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return None
+
+
+def batches(loader: DataLoader) -> Iterator:
+    """The loader's batches; an IQAError raised in a worker process (a store replaced on disk, a
+    damaged image) comes back as the same error with its own one-line message."""
+    from .errors import IQAError
+
+    try:
+        yield from loader
+    except IQAError as exc:
+        message = worker_message(exc)
+        if message is None:
+            raise
+        raise type(exc)(message) from None
+
+
 def iterate_batches(loader: DataLoader, advance: Advance | None = None, count: Callable | None = None
                     ) -> Iterator:
     """Yield the loader's batches, advancing a progress callback by ``count(batch)`` after each."""
-    for batch in loader:
+    for batch in batches(loader):
         yield batch
         if advance is not None:
             advance(count(batch) if count else 1)
@@ -712,7 +739,7 @@ def _score_store_pairs(store, metric, chunks, dev, precision, num_workers, dista
     the pairs scored as images (no features to reuse)."""
     loader = make_loader(_StoreChunks(store, chunks), None, dev, num_workers=num_workers)
     with torch.inference_mode(), autocast(dev, precision):
-        for i, patches, refs in loader:
+        for i, patches, refs in batches(loader):
             start, stop = chunks[i]
             unique, inverse = np.unique(refs.numpy(), return_inverse=True)
             ref = to_device_float(torch.from_numpy(store.read_reference_rows(unique)), dev)

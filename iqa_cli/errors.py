@@ -23,3 +23,13 @@ class WeightsError(IQAError):
 
 class StoreError(IQAError):
     """An HDF5 patch store is missing, corrupt, foreign, stale or of another schema."""
+
+
+class WriteError(IQAError, OSError):
+    """An output could not be written: no space left on the device, or the system refused the write.
+    Nothing partial is left behind; the message names the user's path, never a temporary file. An
+    OSError too, so code that caught the raw error still catches this one."""
+
+
+class IQAWarning(UserWarning):
+    """Something worth telling the user that does not stop the work (the CLI shows it as one line)."""

@@ -89,6 +89,7 @@ def score_mesh_db(store, metric, batch_size: int | None = None, device="auto", p
                   num_workers: int | None = None, advance: Callable[[int], None] | None = None) -> MeshDBResult:
     """Score every stimulus; with MOS in the store, correlate after a ``fit`` ('glm' or 'vqeg4')."""
     store = open_store(store)
+    store.require_patches()  # an empty store is an error, not a table of NaN scores
     table = store.stimuli
     known = table["mos"].to_numpy(dtype=float)
     known = known[np.isfinite(known)]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pickletools
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -63,13 +66,13 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
 
 def read_state_file(path: str | Path) -> Any:
     """torch.load with weights_only=True, turning every failure into one clear WeightsError."""
-    path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, expected a weights file (give the path of the .pth file)")
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file (check the path)")
+    from .io.files import require_regular_file
+
+    path = require_regular_file(path, "a weights file (the path of the .pth file)", error=WeightsError)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the library never prints
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on foreign bytes (KeyError, EOFError, ...)
         raise WeightsError(_unloadable(path, exc)) from None
 
@@ -83,6 +86,11 @@ def _unloadable(path: Path, exc: Exception) -> str:
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # neither torch.save's zip nor a pickle
         return (f"{path}: not a PyTorch checkpoint (no torch.save data in it; expected a .pth/.pt weights file, "
                 f"check the path)")
+    code = _code_in_pickle(path)
+    if code:
+        return (f"{path}: not a PyTorch checkpoint that can be loaded safely: it contains code ({_short(code, 3)}) "
+                f"that loading would run, so it was refused for safety (if you trust the file, load it in Python and "
+                f"re-save its state_dict() with torch.save)")
     text = str(exc)
     unsafe = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", text)
     if unsafe:
@@ -90,6 +98,47 @@ def _unloadable(path: Path, exc: Exception) -> str:
                 f"not only tensors (re-save its state_dict() with torch.save)")
     first_line = text.strip().splitlines()[0].split(". ")[0][:120] if text.strip() else type(exc).__name__
     return f"{path}: not a PyTorch checkpoint that can be loaded safely (damaged: {first_line}); copy the file again"
+
+
+# What torch.save's pickles name besides tensors: rebuilding storages and tensors, and plain containers.
+_SAFE_GLOBAL_MODULES = ("torch", "collections", "_codecs", "numpy")
+
+
+def _pickled_globals(data: bytes) -> list[str]:
+    """Every ``module.name`` the pickles in ``data`` (one or several, back to back) would import,
+    read with pickletools: nothing is executed. STACK_GLOBAL takes its names from the two strings
+    pushed just before it."""
+    names: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data) and data[stream.tell():stream.tell() + 1] == b"\x80":
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):  # stops after the pickle's STOP opcode
+                if isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # noqa: BLE001 - damaged bytes: report what was read so far
+            break
+    return names
+
+
+def _code_in_pickle(path: Path) -> list[str]:
+    """The imports a weights file's pickles would run that are not torch's own (none for a plain
+    state dict): a pickle naming os.system, builtins.eval or a user's class carries code."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                found = [name for member in archive.namelist() if member.endswith(".pkl")
+                         for name in _pickled_globals(archive.read(member))]
+        else:
+            with open(path, "rb") as fh:
+                found = _pickled_globals(fh.read(64 << 20))
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return []
+    return list(dict.fromkeys(name for name in found if name.split(".")[0] not in _SAFE_GLOBAL_MODULES))
 
 
 # -- backbones ---------------------------------------------------------------------------------
@@ -123,7 +172,7 @@ def imagenet_backbone_state(spec: TorchvisionNet) -> dict[str, torch.Tensor]:
     cached = torchvision_cache_file(spec)
     offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
     hint = (f"ImageNet weights for '{spec.name}' not found: expected {cached.name} in {cached.parent} "
-            f"(copy the file there, set TORCH_HOME to a folder whose hub/checkpoints holds it, "
+            f"(download {weights.url} and copy it there, set TORCH_HOME to a folder whose hub/checkpoints holds it, "
             f"or pass --backbone-weights PATH)")
     if not cached.is_file() and offline:
         raise WeightsError(hint + f"; {OFFLINE_ENV} is set, so no download was tried")
@@ -221,23 +270,115 @@ def read_checkpoint_payload(path: Path, family: str, label: str) -> tuple[dict[s
     return raw, native
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
-    raw, native = read_checkpoint_payload(path, "lpips", "an LPIPS")
-    if native:
-        state = raw["state_dict"]
-        head_state = {k: v for k, v in state.items() if k.startswith("lin")}
-        backbone = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or None
-        return Checkpoint(path, "iqa", raw["head_type"], raw["net"], raw["version"], head_state, backbone,
-                          dict(raw.get("config", {})))
-    if not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise WeightsError(f"{path}: not a weights file (expected tensors under keys like 'lin0.model.1.weight')")
-    state = {k.removeprefix("module."): v for k, v in raw.items()}
-    head_state = {k: v for k, v in state.items() if k.startswith("lin")}
+# The original networks (the lpips package, and Graphics-LPIPS built on it) hold each head both as an
+# attribute lin{k} and in a ModuleList lins, so their trainers' state dicts name every head twice.
+_HEAD_LIST_KEY = re.compile(r"^lins\.(\d+)\.(.+)$")
+
+
+def fold_head_duplicates(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """``lins.{k}.*`` keys as ``lin{k}.*``: a twin must hold exactly the same values as its
+    ``lin{k}`` key (an error naming both keys if not); a ``lins`` key alone stands for its head."""
+    folded = {k: v for k, v in state.items() if not _HEAD_LIST_KEY.match(k)}
+    for key, value in state.items():
+        match = _HEAD_LIST_KEY.match(key)
+        if match is None:
+            continue
+        twin = f"lin{match.group(1)}.{match.group(2)}"
+        if twin not in state:
+            folded[twin] = value
+        elif state[twin].shape != value.shape or not torch.equal(state[twin], value):
+            raise WeightsError(f"{source}: {key} and {twin} differ, but they are the same head saved twice by the "
+                               "original network (lins.{k} is lin{k}); the file was damaged or edited: copy it again")
+    return folded
+
+
+def check_scaling_layer(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``scaling_layer.shift/scale`` are constants of LPIPS v0.1, saved only because the original
+    code keeps them as buffers: iqa applies them itself, so they must be exactly those constants."""
+    from .models.lpips import SCALE, SHIFT
+
+    for name, expected in (("shift", SHIFT), ("scale", SCALE)):
+        key = f"scaling_layer.{name}"
+        if key not in state:
+            continue
+        value = state[key]
+        if value.numel() != 3 or not torch.allclose(value.detach().reshape(3).double(),
+                                                    torch.tensor(expected, dtype=torch.float64), atol=1e-6):
+            found = tuple(round(float(v), 4) for v in value.reshape(-1)[:6])
+            raise WeightsError(f"{source}: {key} is {found}, but LPIPS v0.1 scales its input by the fixed shift "
+                               f"{SHIFT} and scale {SCALE} (ImageNet's statistics in [-1, 1]); this checkpoint "
+                               "comes from a network with another input scaling, which iqa does not run")
+
+
+def _split_state(state: dict[str, torch.Tensor], source: Path
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, list[str]]:
+    """(head keys, backbone keys without 'net.', keys that are neither) of an LPIPS-shaped state dict."""
+    state = fold_head_duplicates({k.removeprefix("module."): v for k, v in state.items()}, source)
+    check_scaling_layer(state, source)
+    heads = {k: v for k, v in state.items() if k.startswith("lin")}
     backbone = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")} or None
-    other = sorted(k for k in state if not (k.startswith("lin") or k.startswith("net.") or k.startswith("scaling_layer.")))
+    other = sorted(k for k in state if not (k.startswith("lin") or k.startswith("net.")
+                                            or k.startswith("scaling_layer.")))
+    return heads, backbone, other
+
+
+def _tensor_dict_problem(state: Any) -> str | None:
+    """Why ``state`` is not a {name: tensor} dict (None when it is)."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__} where a dict of weights belongs"
+    bad_key = next((k for k in state if not isinstance(k, str)), None)
+    if bad_key is not None:
+        return f"a {type(bad_key).__name__} key {bad_key!r} where parameter names belong"
+    bad_value = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad_value is not None:
+        return f"a {type(state[bad_value]).__name__} under {bad_value!r} where a tensor belongs"
+    return None
+
+
+def _read_iqa_checkpoint(path: Path, raw: dict) -> "Checkpoint":
+    from .models.heads import HEAD_TYPES
+    from .models.lpips import VERSIONS
+
+    def damaged(problem: str) -> WeightsError:
+        return WeightsError(f"{path}: damaged iqa checkpoint ({problem}); copy the file again, or train again")
+
+    if "state_dict" not in raw:
+        raise damaged("no state_dict in it")
+    problem = _tensor_dict_problem(raw["state_dict"])
+    if problem:
+        raise damaged(f"its state_dict holds {problem}")
+    for key, allowed in (("head_type", HEAD_TYPES), ("net", tuple(BACKBONES)), ("version", VERSIONS)):
+        if raw.get(key) not in allowed:
+            raise damaged(f"{key} is {raw.get(key)!r}, expected one of {', '.join(allowed)}")
+    config = raw.get("config", {})
+    if not isinstance(config, dict):
+        raise damaged(f"config is a {type(config).__name__}, expected a dict")
+    heads, backbone, other = _split_state(raw["state_dict"], path)
+    if other:
+        raise damaged(f"unexpected keys {_short(other)}")
+    return Checkpoint(path, "iqa", raw["head_type"], raw["net"], raw["version"], heads, backbone, dict(config))
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint written by 'iqa train', an LPIPS head file, or a state dict saved by the original
+    LPIPS / Graphics-LPIPS code (heads twice as lin{k} and lins.{k}, 'module.' prefixes of
+    DataParallel, the scaling layer's constants), checked so that it loads whole or not at all."""
+    path = Path(path)
+    raw = read_state_file(path)
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
+    if raw.get("format") == CHECKPOINT_FORMAT:
+        found = raw.get("family", "lpips")  # files from before the family field are LPIPS ones
+        if found != "lpips":
+            raise WeightsError(f"{path}: a {found} checkpoint, not an LPIPS one (use --metric {found})")
+        return _read_iqa_checkpoint(path, raw)
+    problem = _tensor_dict_problem(raw)
+    if problem:
+        raise WeightsError(f"{path}: not a weights file: it holds {problem} (expected tensors under keys like "
+                           "'lin0.model.1.weight')")
+    head_state, backbone, other = _split_state(raw, path)
     if not head_state or other:
-        found = _short(other or sorted(state))
+        found = _short(other or sorted(raw))
         raise WeightsError(f"{path}: not an LPIPS / Graphics-LPIPS checkpoint (expected 'lin{{k}}.model.*' keys, "
                            f"found {found})")
     head_type = "graphics" if "lin0.model.4.weight" in head_state else "lpips"
@@ -259,13 +400,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, net: str, version: str, 
                     config: dict[str, Any] | None = None, include_backbone: bool = False,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint this project (and score-pair / score-mesh-db) loads; atomic rename."""
+    from .io.files import atomic_path
+
     path = Path(path)
     payload = checkpoint_payload(model, net, version, head_type, config, include_backbone)
     payload.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, "the checkpoint") as tmp:  # disk full: one line naming path, no temporary file left
+        torch.save(payload, tmp)
     return path
 
 

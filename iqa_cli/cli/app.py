@@ -103,6 +103,8 @@ class IQAGroup(TyperGroup):
             raise _usage_error(exc) from None
 
     def invoke(self, ctx):
+        import warnings
+
         from rich.text import Text
 
         from .common import err_console
@@ -110,16 +112,17 @@ class IQAGroup(TyperGroup):
         processes = _processes()
         command = next(iter(getattr(ctx, "_protected_args", None) or []), None)  # the sub-command's name
         try:
-            with _one_voice(processes, command) as runs_here:
+            with _one_voice(processes, command) as runs_here, warnings.catch_warnings():
+                warnings.showwarning = _warning_printer(warnings.showwarning)
                 return super().invoke(ctx) if runs_here else None
         except UsageError as exc:  # a command's options and arguments, or an unknown command
             sub = ctx.invoked_subcommand
             raise _usage_error(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
         except IQAError as exc:
-            _report(str(exc), processes)
+            _report(_one_line(exc), processes)
             raise typer.Exit(1) from None
         except OSError as exc:  # disk full, permission denied, ... never a traceback
-            _report(str(exc), processes)
+            _report(_one_line(exc), processes)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if processes is None or processes.launcher_rank() == 0:
@@ -132,6 +135,29 @@ class IQAGroup(TyperGroup):
             _report(f"process {processes.launcher_rank()} stopped: the other processes are gone or did not answer "
                     f"({first_line})", processes)
             raise typer.Exit(1) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line: some libraries' messages (HDF5's) run over several."""
+    return " ".join(str(exc).split())
+
+
+def _warning_printer(python_showwarning):
+    """A warnings.showwarning that prints iqa's own warnings as one yellow 'warning:' line and
+    hands anything else to ``python_showwarning``."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        from ..errors import IQAWarning
+
+        if not issubclass(category, IQAWarning):
+            python_showwarning(message, category, filename, lineno, file, line)
+            return
+        from rich.text import Text
+
+        from .common import err_console
+
+        err_console.print(Text("warning: ", style="bold yellow") + Text(_one_line(message)))
+
+    return show
 
 
 app = typer.Typer(
@@ -159,9 +185,11 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(show_version: bool = typer.Option(False, "--iqa-version", "-V", callback=_version_callback,
-                                            is_eager=True, help="Print the iqa version and exit.")) -> None:
+def _root(show_version: bool = typer.Option(False, "--version", "-V", callback=_version_callback, is_eager=True,
+                                            help="Print the iqa version and exit.")) -> None:
     """Perceptual image quality toolkit."""
+    # 'iqa --version' is the root's option; 'iqa score-pair ... --version 0.0' is the LPIPS version, an
+    # option of the command: click parses each level's options separately, so the two never meet.
 
 
 # -- command registration: the modules import only typer at top level, so --help stays fast --------

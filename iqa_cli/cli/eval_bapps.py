@@ -47,10 +47,11 @@ def _split_datasets(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def _run(mode: str, root: Path, datasets, model, net, version, checkpoint, backbone_weights, colorspace, batch_size,
          device, limit, out, as_json) -> None:
-    if out is not None:  # missing parent folders are created, as every other command's --out does
-        from ..io.files import check_output_path
+    from ..io.files import check_output_paths
 
-        check_output_path(out, "--out")
+    # missing parent folders are created, as every other command's --out does
+    check_output_paths([(out, "--out", False)],
+                       inputs={"ROOT": root, "--checkpoint": checkpoint, "--backbone-weights": backbone_weights})
 
     from ..bapps_eval import eval_bapps
     from ..datasets.bapps import count_items

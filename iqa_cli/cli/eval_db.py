@@ -63,31 +63,31 @@ def eval_db(
       iqa eval-db koniq/ -m niqe --short-side 0
     """
     from ..datasets.formats import parse_format_options, read_database
-    from ..io.files import check_output_path
+    from ..errors import InvalidInputError
+    from ..io.files import check_output_paths
 
+    if no_cache and cache is not None:
+        raise InvalidInputError("--cache and --no-cache contradict each other: give one")
     table = read_database(root, db_format, **parse_format_options(db_options))
     if limit is not None:
         table = table.head(limit)
-    for target, option in ((out, "--out"), (plot, "--plot")):
-        if target is not None:
-            check_output_path(target, option, inputs=[root])
+    cache_path = None if no_cache else cache if cache is not None else default_cache_path(table)
+    weights = {f"--{k.replace('_', '-')}": v for k, v in (
+        ("checkpoint", checkpoint), ("backbone_weights", backbone_weights), ("pristine", pristine),
+        ("low_level_weights", low_level_weights), ("clip_weights", clip_weights),
+        ("clip_visual_weights", clip_visual_weights)) if v is not None}
+    check_output_paths([(out, "--out", False), (plot, "--plot", False), (cache_path, "--cache", False)],
+                       inputs={"the database": root, **weights})
     if plot is not None:
         from ..plots import plot_format
 
         plot_format(plot)
-    if no_cache and cache is not None:
-        from ..errors import InvalidInputError
-
-        raise InvalidInputError("--cache and --no-cache contradict each other: give one")
     models = build_metrics(metric, device=device, net=net, version=version, checkpoint=checkpoint,
                            backbone_weights=backbone_weights, pristine=pristine, low_level_weights=low_level_weights,
                            clip_weights=clip_weights, clip_visual_weights=clip_visual_weights, crops=crops)
     from ..eval_db import check_metrics_fit
 
     check_metrics_fit(table, models)
-    cache_path = None if no_cache else cache if cache is not None else default_cache_path(table)
-    if cache_path is not None:
-        check_output_path(cache_path, "--cache", inputs=[root])
     # everything is checked: say what was found, then work
     if table.detected and not as_json:
         err_console.print(f"detected format: {table.database}")

@@ -100,16 +100,11 @@ def patchify(
         return
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
-    from ..io.files import check_output_path
+    from ..io.files import check_output_paths
     from ..io.patches import PatchSpec
 
-    check_output_path(out, "--out")
-    if counts_csv is not None:
-        check_output_path(counts_csv, "--counts-csv")
-        for other, option in ((db, "--db"), (out, "--out")):
-            if counts_csv.resolve() == other.resolve():
-                raise InvalidInputError(f"{counts_csv}: --counts-csv names the same file as {option}, which it would "
-                                        f"overwrite; choose another path, e.g. counts.csv")
+    check_output_paths([(out, "--out", False), (counts_csv, "--counts-csv", False)],
+                       inputs={"RENDERS": renders, "--db": db, "--from-patches": from_patches})
     if from_patches is not None:
         given = [name for name, value in (("--patch-size", patch_size), ("--stride", stride),
                                           ("--min-foreground", min_foreground), ("--background", background))

@@ -39,12 +39,13 @@ def score_image(
       iqa score-image photos/ -m grepq --low-level-weights grepq_low.tar --pristine pristine.h5
       iqa score-image photos/ -m graphiqa --checkpoint runs/graphiqa/latest.pth --crops 25 --json
     """
-    from ..io.files import check_output_path
+    from ..io.files import check_output_paths
     from ..score_images import plan_images, score_images
 
     plan = plan_images(images)
-    if out is not None:
-        check_output_path(out, "--out", inputs=[*plan.files, *[p for p in images if p.is_dir()]])
+    weights = [p for p in (pristine, low_level_weights, clip_weights, clip_visual_weights, checkpoint,
+                           backbone_weights) if p is not None]
+    check_output_paths([(out, "--out", False)], inputs=[*images, *weights])
     models = build_metrics(metric or ["niqe"], kind="nr", device=device, pristine=pristine,
                            low_level_weights=low_level_weights, clip_weights=clip_weights,
                            clip_visual_weights=clip_visual_weights, checkpoint=checkpoint,

@@ -44,18 +44,18 @@ def score_mesh_db(
       iqa score-mesh-db store.h5 --net vgg --json
     """
     from ..errors import InvalidInputError
-    from ..io.files import check_output_path, write_csv
+    from ..io.files import check_output_paths, write_csv
     from ..stats.correlation import FITS
     from ..score_db import open_store, score_mesh_db as run
 
     if fit not in FITS:
         raise InvalidInputError(f"--fit {fit}: choose one of {', '.join(FITS)}")
     patch_store = open_store(store)  # validate the store before loading any model
+    patch_store.require_patches()
     if plot is not None and not patch_store.has_mos:
         raise InvalidInputError(f"{store}: has no MOS, so there is nothing to plot against (drop --plot)")
-    for target, option in ((out, "--out"), (plot, "--plot")):
-        if target is not None:
-            check_output_path(target, option, inputs=[store])
+    check_output_paths([(out, "--out", False), (plot, "--plot", False)],
+                       inputs={"STORE": store, "--checkpoint": checkpoint, "--backbone-weights": backbone_weights})
     if plot is not None:
         from ..plots import plot_format
 

@@ -64,14 +64,12 @@ def score_pair(
         raise InvalidInputError("--spatial-map is for two images: use --spatial-dir DIR with folders")
     if spatial_dir is not None and not plan.folder_mode:
         raise InvalidInputError("--spatial-dir is for folders: use --spatial-map OUT.png with two images")
-    from ..io.files import check_output_path, write_csv
+    from ..io.files import check_output_paths, write_csv
 
-    read = {p for pair in plan.pairs for p in pair}
-    folders = [p for p in (ref, dist) if p is not None and p.is_dir()]
-    for target, option, folder in ((out, "--out", False), (spatial_map, "--spatial-map", False),
-                                   (spatial_dir, "--spatial-dir", True)):
-        if target is not None:
-            check_output_path(target, option, folder=folder, inputs=folders if folder else read)
+    check_output_paths([(out, "--out", False), (spatial_map, "--spatial-map", False),
+                        (spatial_dir, "--spatial-dir", True)],
+                       inputs={"REF": ref, "DIST": dist, "--checkpoint": checkpoint,
+                               "--backbone-weights": backbone_weights})
     from ..io.images import heatmap_format, save_heatmap
     from ..pairs import check_sizes, heatmap_names, score_pairs
 

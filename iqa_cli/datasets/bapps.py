@@ -14,6 +14,7 @@ InvalidInputError naming the path and the fix.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,24 +225,48 @@ def _check_limit(limit: int | None) -> int | None:
     return int(limit)
 
 
+def _read_one_number(path: Path, meaning: str) -> float:
+    """The one number a judge/same .npy file holds. The header is read and checked first
+    (numpy.lib.format), so a header claiming a huge array is refused before anything is allocated,
+    and nothing is unpickled."""
+    from ..io.files import require_regular_file
+
+    require_regular_file(path, "a .npy file")
+
+    def unreadable(reason: str) -> InvalidInputError:
+        return InvalidInputError(f"{path}: not a readable .npy file ({reason}); re-extract the BAPPS archive")
+
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        head = fh.read(len(fmt.MAGIC_PREFIX))
+        if head.startswith(b"PK"):  # an .npz archive under a .npy name
+            raise InvalidInputError(f"{path}: an .npz archive, not a .npy file holding one number ({meaning}); "
+                                    f"re-extract the BAPPS archive")
+        if head != fmt.MAGIC_PREFIX:
+            raise unreadable("no .npy header" if head else "empty file")
+        fh.seek(0)
+        try:
+            version = fmt.read_magic(fh)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran_order, dtype = reader(fh)
+        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise unreadable(str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+                             ) from None
+        numeric = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+        if math.prod(shape) != 1 or not numeric or dtype.hasobject:
+            raise InvalidInputError(f"{path}: expected one number ({meaning}), found a {dtype} array of shape "
+                                    f"{tuple(shape)}")
+        data = fh.read(dtype.itemsize)
+    if len(data) != dtype.itemsize:
+        raise unreadable("truncated: the header promises one number but the data is missing")
+    return float(np.frombuffer(data, dtype=dtype, count=1)[0])
+
+
 def load_values(paths: tuple[Path, ...] | list[Path], what: str, meaning: str) -> np.ndarray:
     """Read judge/same .npy files (one number each), checking each lies in [0, 1]."""
     values = np.empty(len(paths), dtype=np.float64)
     for i, path in enumerate(paths):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
-            raise InvalidInputError(f"{path}: not a readable .npy file ({reason}); re-extract the BAPPS "
-                                    f"archive") from None
-        if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
-            arr.close()
-            raise InvalidInputError(f"{path}: an .npz archive, not a .npy file holding one number ({meaning}); "
-                                    f"re-extract the BAPPS archive")
-        if arr.size != 1 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise InvalidInputError(f"{path}: expected one number ({meaning}), found a {arr.dtype} array of shape "
-                                    f"{arr.shape}")
-        value = float(arr.reshape(-1)[0])
+        value = _read_one_number(Path(path), meaning)
         if not (0.0 <= value <= 1.0):  # also catches NaN
             raise InvalidInputError(f"{path}: {what} value {value:g} is outside [0, 1] (it is {meaning}); fix the "
                                     f"file or remove this item from every folder")

@@ -98,11 +98,12 @@ def read_db_csv(path: str | Path, *, require_counts: bool = False) -> DbTable:
     """Read and validate DB.csv: columns ``model,stimulus`` required; ``MOS`` (or ``mos``) and
     ``split`` optional; ``nbPatchesVP1`` required when ``require_counts`` (patch imports).
     Column names match case-insensitively; extra columns are ignored."""
+    from ..io.files import require_regular_file
+
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file (give the database CSV with --db)")
-    if path.is_dir():
-        raise InvalidInputError(f"{path}: is a folder, expected the database CSV file")
+    require_regular_file(path, "the database CSV file")  # /dev/zero would be read until memory runs out
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -465,10 +466,18 @@ def run_patchify(plan: PatchifyPlan, progress: Progress | None = None) -> Patchi
 
 
 def _check_render_sizes(plan: PatchifyPlan) -> None:
-    """Every distorted render must have its reference's size (header reads only, before any work)."""
+    """Every reference render must hold at least one tile, and every distorted render must have its
+    reference's size (header reads only, before any work)."""
     bad: list[str] = []
+    tile = plan.spec.size
     for m in plan.models:
         ref_sizes = [image_size(p) for p in m.reference]
+        small = [(p, hw) for p, hw in zip(m.reference, ref_sizes) if min(hw) < tile]
+        if small:
+            p, (h, w) = small[0]
+            raise InvalidInputError(f"--patch-size {tile} is larger than the renders: {_rel(p, plan.root)} is "
+                                    f"{w}x{h}, so no {tile}x{tile} tile fits in it; choose --patch-size {min(h, w)} "
+                                    "or less")
         for s in m.stimuli:
             for ref, ref_hw, f in zip(m.reference, ref_sizes, s.files):
                 hw = image_size(f)

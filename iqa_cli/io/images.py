@@ -6,12 +6,15 @@ RGBA or 16-bit. Errors name the file and say what to do.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, IQAWarning
+from .files import require_regular_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
@@ -20,17 +23,45 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+# warnings.catch_warnings swaps process-wide state: readers on several threads take turns around it.
+_HEADER_LOCK = threading.Lock()
+_WARNED_LARGE: set[str] = set()  # files already reported as over PIL's warning limit (once each)
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Image.open (the header only) of a regular file. PIL's DecompressionBombWarning for an image
+    between its size limits becomes one IQAWarning line naming the file; above the hard limit,
+    one InvalidInputError."""
+    require_regular_file(path, "an image file")  # a FIFO would block, /dev/zero never ends
+    with _HEADER_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            img = Image.open(path)
+        except UnidentifiedImageError:
+            raise InvalidInputError(f"{path}: not an image PIL can read (expected PNG, JPEG, BMP, TIFF or "
+                                    "WebP)") from None
+        except Image.DecompressionBombError as exc:
+            raise _too_large(path, exc) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidInputError(f"{path}: damaged or truncated image ({exc}); re-export the file") from None
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            if str(path) in _WARNED_LARGE:
+                continue
+            _WARNED_LARGE.add(str(path))
+            warnings.warn(IQAWarning(f"{path}: {img.width}x{img.height} is {img.width * img.height:,} pixels, over "
+                                     f"PIL's decompression-bomb warning limit of {Image.MAX_IMAGE_PIXELS:,}; "
+                                     "loading it anyway (it takes a lot of memory)"), stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return img
+
+
 def _open(path: Path) -> Image.Image:
     path = Path(path)
-    if not path.exists():
-        raise InvalidInputError(f"{path}: no such file (check the path)")
-    if path.is_dir():
-        raise InvalidInputError(f"{path}: is a folder, expected an image file")
+    img = _open_header(path)
     try:
-        img = Image.open(path)
         img.load()  # decode now so a truncated file fails here, not later in a worker
-    except UnidentifiedImageError:
-        raise InvalidInputError(f"{path}: not an image PIL can read (expected PNG, JPEG, BMP, TIFF or WebP)") from None
     except Image.DecompressionBombError as exc:
         raise _too_large(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -95,16 +126,8 @@ def load_image_uint8(path: str | Path) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) from the header only."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: no such file (check the path)") from None
-    except Image.DecompressionBombError as exc:
-        raise _too_large(path, exc) from None
-    except (UnidentifiedImageError, OSError):
-        raise InvalidInputError(f"{path}: not an image PIL can read") from None
+    with _open_header(Path(path)) as img:
+        return img.height, img.width
 
 
 RAW_MAP_SUFFIXES = {".npy": "NPY", ".tif": "TIFF-F", ".tiff": "TIFF-F"}  # the float distances themselves

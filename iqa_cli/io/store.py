@@ -33,20 +33,29 @@ worker reopens it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from .files import OutputLock
+from .files import DeferredInterrupt, OutputLock, is_disk_full, write_failure
 
 SCHEMA_VERSION = 1
 STORE_KIND = "patch-store"
 FLAG_NO_FOREGROUND = "no-foreground"
+
+# Room kept free on the store's disk while writing: HDF5 writes its metadata when objects close, and
+# one of those writes failing on a full disk leaves the library in a state where closing the file
+# crashes the process. Writes that would leave less than this free are refused beforehand.
+WRITE_MARGIN_BYTES = 4 << 20
 
 STIMULI_COLUMNS = ("model", "stimulus", "split", "mos", "first", "count", "model_index", "flag")
 MODELS_COLUMNS = ("name", "ref_first", "ref_count", "n_views")
@@ -108,6 +117,10 @@ class StoreWriter:
         self._flush_at = max(1, int(flush_patches))
         self._file: h5py.File | None = None
         self._lock = OutputLock(self.path, "iqa patchify")
+        self._interrupt = DeferredInterrupt()
+        self._hdf5_failures: list[BaseException] = []  # raised where HDF5 could only print them
+        self._unraisable_hook = None
+        self._excepthook = None
         self._committed = False
         self._buffers: dict[str, list[np.ndarray]] = {"distorted": [], "reference": []}
         self._buffered = {"distorted": 0, "reference": 0}
@@ -126,16 +139,19 @@ class StoreWriter:
             self.abort()
 
     def open(self) -> None:
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()  # before touching the partial file: another writer may own it
         try:
-            if self.partial.exists():  # left by a killed run: its content is not trusted, start over
-                self.partial.unlink()
-            self._file = h5py.File(self.partial, "w")
-            s = self.patch_size
-            for name in ("distorted", "reference"):
-                self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
-                                          chunks=(_chunk_rows(s), s, s, 3))
+            with self._writing():
+                self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()  # before touching the partial file: another writer may own it
+            self._start_guards()
+            with self._writing():
+                if self.partial.exists():  # left by a killed run: its content is not trusted, start over
+                    self.partial.unlink()
+                self._file = h5py.File(self.partial, "w")
+                s = self.patch_size
+                for name in ("distorted", "reference"):
+                    self._file.create_dataset(name, shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                                              chunks=(_chunk_rows(s), s, s, 3))
         except BaseException:
             self.abort()  # a failing __enter__ gets no __exit__: drop the partial file and the lock here
             raise
@@ -154,6 +170,74 @@ class StoreWriter:
             except FileNotFoundError:
                 pass
         self._lock.release()
+        self._stop_guards(raise_pending=False)
+
+    # -- failures while writing ---------------------------------------------------------------------
+    # HDF5 writes metadata when objects are closed, from h5py's finalisers, where an error (a full
+    # disk) or a Ctrl-C can only be printed ("Exception ignored in ... __dealloc__") and the run
+    # goes on to crash or to exit 0. While a writer is open, such failures are collected instead and
+    # raised at the writer's next step, and Ctrl-C waits for that step too.
+    def _start_guards(self) -> None:
+        self._interrupt.start()
+        if self._unraisable_hook is None:
+            # Cython prints a finaliser's error through sys.excepthook, then sys.unraisablehook
+            self._unraisable_hook, self._excepthook = sys.unraisablehook, sys.excepthook
+            sys.unraisablehook = self._collect_unraisable
+            sys.excepthook = self._collect_printed
+
+    def _stop_guards(self, raise_pending: bool = True) -> None:
+        if self._unraisable_hook is not None:
+            sys.unraisablehook, sys.excepthook = self._unraisable_hook, self._excepthook
+            self._unraisable_hook = None
+        if raise_pending:
+            self._interrupt.stop()
+        else:
+            self._interrupt.restore()
+
+    def _collect_unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, (OSError, RuntimeError, KeyboardInterrupt)):
+            self._hdf5_failures.append(unraisable.exc_value)
+        else:
+            self._unraisable_hook(unraisable)
+
+    def _collect_printed(self, exc_type, exc, tb) -> None:
+        if not isinstance(exc, (OSError, RuntimeError, KeyboardInterrupt)):
+            self._excepthook(exc_type, exc, tb)
+
+    def _ensure_room(self, nbytes: int) -> None:
+        """Refuse (WriteError naming the store) a write that would leave the disk nearly full."""
+        try:
+            free = shutil.disk_usage(self.partial.parent).free
+        except OSError:
+            return
+        if free < nbytes + WRITE_MARGIN_BYTES:
+            raise OSError(errno.ENOSPC, f"No space left on device: {nbytes / 2**20:.1f} MiB more to write, "
+                                        f"{free / 2**20:.1f} MiB free in {self.partial.parent} and "
+                                        f"{WRITE_MARGIN_BYTES >> 20} MiB kept free")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One step of writing: a Ctrl-C pressed or an HDF5 failure collected meanwhile is raised at
+        its end; a write error becomes a WriteError naming the store. A full disk first gets the
+        partial file truncated, so that HDF5's closing writes find room and end cleanly."""
+        try:
+            yield
+            self._interrupt.check()
+            failures, self._hdf5_failures = self._hdf5_failures, []
+            if any(isinstance(f, KeyboardInterrupt) for f in failures):
+                raise KeyboardInterrupt
+            if failures:
+                raise failures[0]
+        except Exception as exc:  # noqa: BLE001 - sorted below: write failures vs the caller's bugs
+            full = any(is_disk_full(f) for f in (exc, *self._hdf5_failures))
+            error = write_failure(self.path, exc if not full or isinstance(exc, OSError)
+                                  else OSError(errno.ENOSPC, "No space left on device"), "the patch store")
+            if error is None:
+                raise
+            if full:
+                with contextlib.suppress(OSError):
+                    os.truncate(self.partial, 0)
+            raise error from None
 
     # -- content --------------------------------------------------------------------------------
     @property
@@ -184,17 +268,21 @@ class StoreWriter:
     def _flush(self, name: str) -> None:
         if not self._buffered[name]:
             return
-        ds = self._file[name]
-        block = np.concatenate(self._buffers[name]) if len(self._buffers[name]) > 1 else self._buffers[name][0]
-        start = ds.shape[0]
-        ds.resize(start + len(block), axis=0)
-        ds[start:start + len(block)] = block
+        with self._writing():
+            block = np.concatenate(self._buffers[name]) if len(self._buffers[name]) > 1 else self._buffers[name][0]
+            self._ensure_room(block.nbytes)
+            ds = self._file[name]
+            start = ds.shape[0]
+            ds.resize(start + len(block), axis=0)
+            ds[start:start + len(block)] = block
+            del ds  # closed here, inside the step, so that its failures are this step's
         self._buffers[name].clear()
         self._buffered[name] = 0
 
     def add_model(self, name: str, reference: np.ndarray, views: Sequence[str] = ("",)) -> int:
         """Append one model's reference patches (all views, view-major); returns its model index."""
         reference = self._check_patches(reference, f"model {name}")
+        self._interrupt.check()  # a Ctrl-C pressed while the caller read this model's renders
         first = self._append("reference", reference)
         m = self._models
         m["name"].append(str(name))
@@ -211,6 +299,7 @@ class StoreWriter:
         ``ref`` is relative to the model's first reference row (the writer adds ``ref_first``).
         """
         patches = self._check_patches(patches, f"stimulus {stimulus}")
+        self._interrupt.check()  # a Ctrl-C pressed while the caller read this stimulus's renders
         n = len(patches)
         if not 0 <= model_index < len(self._models["name"]):
             raise ValueError(f"stimulus {stimulus}: unknown model index {model_index}")
@@ -248,7 +337,20 @@ class StoreWriter:
             raise RuntimeError("StoreWriter.commit() without open()")
         self._flush("distorted")
         self._flush("reference")
-        f = self._file
+        with self._writing():
+            n, n_stimuli = self._rows["distorted"], len(self._stimuli["model"])
+            self._ensure_room(n * 30 + (n_stimuli + len(self._models["name"])) * 256)  # the tables, roughly
+            self._write_tables(self._file)
+            self._file.flush()
+            f, self._file = self._file, None  # a failed close must not be retried: HDF5 would crash
+            f.close()
+        os.replace(self.partial, self.path)
+        self._committed = True
+        self._lock.release()
+        self._stop_guards()  # a Ctrl-C pressed after the last step: the store is whole, then stop
+        return self.path
+
+    def _write_tables(self, f: h5py.File) -> None:
         grp = f.create_group("patch_index")
         for key in INDEX_COLUMNS:
             parts = self._index[key]
@@ -271,13 +373,6 @@ class StoreWriter:
         grp.create_dataset("n_views", data=np.array(m["n_views"], dtype=np.int32))
         for key, value in self._attrs.items():
             f.attrs[key] = value
-        f.flush()
-        f.close()
-        self._file = None
-        os.replace(self.partial, self.path)
-        self._committed = True
-        self._lock.release()
-        return self.path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +386,8 @@ class PatchStore:
     after a fork), so each DataLoader worker has its own handle.
     """
 
-    def __init__(self, path: str | Path, attrs: dict, n_patches: int, n_reference: int):
+    def __init__(self, path: str | Path, attrs: dict, n_patches: int, n_reference: int,
+                 tables: dict[str, dict[str, np.ndarray]] | None = None, identity: tuple[int, ...] | None = None):
         self.path = Path(path)
         self.patch_size = int(attrs["patch_size"])
         self.stride = int(attrs["stride"])
@@ -302,6 +398,8 @@ class PatchStore:
         self.schema_version = int(attrs["schema_version"])
         self.n_patches = int(n_patches)
         self.n_reference = int(n_reference)
+        self._tables = tables  # the stimuli and models tables, read and checked once by open()
+        self._identity = identity  # the file open() validated; every later open must find the same one
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._stimuli = None
@@ -311,62 +409,52 @@ class PatchStore:
     # -- opening and validation -----------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path) -> "PatchStore":
+        """Validate a store: sizes and tables are read from one open and kept; patches are read
+        later through handles opened on demand (one per process), each checked to be the very
+        file validated here, so a store rebuilt or replaced meanwhile is reported, never mixed."""
+        from .files import require_regular_file
+
         path = Path(path)
         rebuild = "rebuild it with iqa patchify --force"
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise StoreError(f"{path}: no such patch store (build it with iqa patchify)")
-        if path.is_dir():
-            raise StoreError(f"{path}: is a folder, expected a patch store .h5 file (build one with iqa patchify)")
+        require_regular_file(path, "a patch store .h5 file (build one with iqa patchify)", error=StoreError)
         try:
             is_hdf5 = h5py.is_hdf5(str(path))
-        except OSError:
+        except Exception:  # noqa: BLE001 - h5py raises OSError or RuntimeError on damaged bytes
             is_hdf5 = False
         if not is_hdf5:
             raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not a patch store); {rebuild}")
         try:
-            with h5py.File(path, "r") as f:
-                attrs = {k: f.attrs[k] for k in f.attrs.keys()}
-                if _attr_str(attrs.get("iqa_store", "")) != STORE_KIND:
-                    raise StoreError(f"{path}: HDF5 file is not an iqa patch store (no iqa_store='{STORE_KIND}' "
-                                     "attribute); build one with iqa patchify")
-                try:
-                    version = int(attrs.get("schema_version"))
-                except (TypeError, ValueError):
-                    version = None
-                if version != SCHEMA_VERSION:
-                    raise StoreError(f"{path}: patch store of schema version {version}, this iqa reads version "
-                                     f"{SCHEMA_VERSION}; {rebuild}")
-                missing = [name for name in REQUIRED if name not in f]
-                missing += [a for a in ("patch_size", "stride", "min_foreground") if a not in attrs]
-                if missing:
-                    raise StoreError(f"{path}: incomplete patch store (missing {', '.join(missing[:5])}"
-                                     f"{' ...' if len(missing) > 5 else ''}); {rebuild}")
-                n = f["distorted"].shape[0]
-                m = f["reference"].shape[0]
-                s = int(attrs["patch_size"])
-                bad = [name for name in ("distorted", "reference")
-                       if f[name].ndim != 4 or f[name].shape[1:] != (s, s, 3) or f[name].dtype != np.uint8]
-                bad += [f"patch_index/{c}" for c in INDEX_COLUMNS if f[f"patch_index/{c}"].shape != (n,)]
-                k = f["stimuli/model"].shape
-                bad += [f"stimuli/{c}" for c in STIMULI_COLUMNS if f[f"stimuli/{c}"].shape != k]
-                km = f["models/name"].shape
-                bad += [f"models/{c}" for c in MODELS_COLUMNS if f[f"models/{c}"].shape != km]
-                if bad:
-                    raise StoreError(f"{path}: inconsistent patch store (bad shape of {', '.join(bad[:5])}); {rebuild}")
-                bad = _table_problems(f, n, m)
-                if bad:
-                    raise StoreError(f"{path}: inconsistent patch store (bad {', '.join(bad[:5])}); {rebuild}")
+            f = h5py.File(path, "r", rdcc_nbytes=8 << 20)
+        except Exception as exc:  # noqa: BLE001 - damaged metadata: OSError, RuntimeError, KeyError, ...
+            raise StoreError(f"{path}: unreadable patch store ({_first_line(exc)}); {rebuild}") from None
+        try:
+            attrs, n, m, tables = _validate(f, path, rebuild)
+            identity = _identity(f, path)
         except StoreError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise StoreError(f"{path}: unreadable patch store ({exc}); {rebuild}") from None
-        return cls(path, attrs, n, m)
+        except Exception as exc:  # noqa: BLE001 - damaged datasets fail in many ways
+            raise StoreError(f"{path}: unreadable patch store ({_first_line(exc)}); {rebuild}") from None
+        finally:
+            f.close()
+        return cls(path, attrs, n, m, tables, identity=identity)
 
     # -- handle management ----------------------------------------------------------------------
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
-            # after a fork the parent's handle is not ours to use: drop it and open our own
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
+            # after a fork the parent's handle is not ours to use: drop it and open our own; either
+            # way it must be the very file open() validated
+            try:
+                f = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
+            except Exception as exc:  # noqa: BLE001 - missing, replaced by garbage, ...
+                raise StoreError(f"{self.path}: the patch store can no longer be read ({_first_line(exc)}); it "
+                                 "changed on disk while in use: run the command again") from None
+            if self._identity is not None and _identity(f, self.path) != self._identity:
+                f.close()
+                raise StoreError(f"{self.path}: the patch store changed on disk while it was being read (rebuilt or "
+                                 "replaced by another program); run the command again")
+            self._file = f
             self._pid = os.getpid()
         return self._file
 
@@ -395,6 +483,17 @@ class PatchStore:
         return (f"PatchStore({str(self.path)!r}, patches={self.n_patches}, reference={self.n_reference}, "
                 f"patch_size={self.patch_size}, source={self.source!r})")
 
+    def require_patches(self) -> None:
+        """StoreError unless the store holds at least one patch to score or train on."""
+        if self.n_patches:
+            return
+        n = len(self.stimuli)
+        why = ("no stimuli" if n == 0 else
+               f"{n} stimul{'us' if n == 1 else 'i'}, none with a usable tile (every model flagged no-foreground)")
+        raise StoreError(f"{self.path}: the patch store holds no patches ({why}), so there is nothing to score; "
+                         "rebuild it with iqa patchify (check --background, or a lower --min-foreground or "
+                         "--patch-size)")
+
     # -- tables ---------------------------------------------------------------------------------
     @property
     def stimuli(self):
@@ -402,17 +501,7 @@ class PatchStore:
         if self._stimuli is None:
             import pandas as pd
 
-            g = self._h5()["stimuli"]
-            self._stimuli = pd.DataFrame({
-                "model": _read_str(g["model"]),
-                "stimulus": _read_str(g["stimulus"]),
-                "split": _read_str(g["split"]),
-                "mos": g["mos"][()].astype(np.float64),
-                "first": g["first"][()].astype(np.int64),
-                "count": g["count"][()].astype(np.int64),
-                "model_index": g["model_index"][()].astype(np.int32),
-                "flag": _read_str(g["flag"]),
-            })
+            self._stimuli = pd.DataFrame(self._table("stimuli"))
         return self._stimuli
 
     @property
@@ -421,23 +510,26 @@ class PatchStore:
         if self._models is None:
             import pandas as pd
 
-            g = self._h5()["models"]
-            self._models = pd.DataFrame({
-                "name": _read_str(g["name"]),
-                "ref_first": g["ref_first"][()].astype(np.int64),
-                "ref_count": g["ref_count"][()].astype(np.int64),
-                "n_views": g["n_views"][()].astype(np.int32),
-            })
+            self._models = pd.DataFrame({k: v for k, v in self._table("models").items() if k != "views"})
         return self._models
+
+    def _table(self, name: str) -> dict[str, np.ndarray]:
+        if self._tables is None:  # built without open(): read now
+            self._tables = _read_tables(self._h5())
+        return self._tables[name]
 
     def view_names(self, model_index: int) -> list[str]:
         """The view names of a model (e.g. ['front', 'side']; [''] for a single unnamed view)."""
         if self._views is None:
-            g = self._h5()["models"]
-            if "views" in g:
-                self._views = [json.loads(v) for v in _read_str(g["views"])]
+            views = self._table("models")["views"]
+            if views is not None:
+                try:
+                    self._views = [json.loads(v) for v in views]
+                except ValueError:
+                    raise StoreError(f"{self.path}: damaged models/views (not JSON lists of view names); rebuild it "
+                                     "with iqa patchify --force") from None
             else:
-                self._views = [[str(v) for v in range(int(n))] for n in g["n_views"][()]]
+                self._views = [[str(v) for v in range(int(n))] for n in self._table("models")["n_views"]]
         return list(self._views[int(model_index)])
 
     @property
@@ -451,13 +543,23 @@ class PatchStore:
             raise IndexError(f"rows [{start}, {stop}) outside [0, {n}) in {self.path}")
         return start, stop
 
+    def _read(self, name: str, rows):
+        """``/name[rows]``; HDF5's failures on damaged data become one StoreError line."""
+        try:
+            return self._h5()[name][rows]
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError / RuntimeError from a damaged chunk
+            raise StoreError(f"{self.path}: unreadable patch data in /{name} ({_first_line(exc)}); rebuild it with "
+                             "iqa patchify --force") from None
+
     def read_distorted(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._range(start, stop, self.n_patches)
-        return self._h5()["distorted"][start:stop]
+        return self._read("distorted", slice(start, stop))
 
     def read_reference(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._range(start, stop, self.n_reference)
-        return self._h5()["reference"][start:stop]
+        return self._read("reference", slice(start, stop))
 
     def read_distorted_rows(self, rows: np.ndarray) -> np.ndarray:
         """Patches at arbitrary rows (any order, repeats allowed), returned in the order given.
@@ -484,7 +586,7 @@ class PatchStore:
         out = np.empty((len(uniq), s, s, 3), dtype=np.uint8)
         for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(uniq)]):
             a, b = int(uniq[lo]), int(uniq[hi - 1]) + 1
-            block = ds[a:b]
+            block = self._read(name, slice(a, b))
             out[lo:hi] = block[uniq[lo:hi] - a]
         if len(uniq) == len(rows) and np.array_equal(uniq, rows):
             return out
@@ -492,33 +594,131 @@ class PatchStore:
 
     def patch_refs(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._range(start, stop, self.n_patches)
-        return self._h5()["patch_index/ref"][start:stop].astype(np.int64, copy=False)
+        return self._read("patch_index/ref", slice(start, stop)).astype(np.int64, copy=False)
 
     def patch_index(self, start: int, stop: int) -> dict[str, np.ndarray]:
         start, stop = self._range(start, stop, self.n_patches)
-        g = self._h5()["patch_index"]
-        return {c: g[c][start:stop] for c in INDEX_COLUMNS}
+        return {c: self._read(f"patch_index/{c}", slice(start, stop)) for c in INDEX_COLUMNS}
 
 
-def _table_problems(f: h5py.File, n: int, m: int) -> list[str]:
-    """Values that would make later reads fail: name columns that are not strings, and rows that
-    point outside /distorted, /reference or /models (checked in blocks: memory stays flat)."""
-    problems = [name for name in ("stimuli/model", "stimuli/stimulus", "stimuli/split", "stimuli/flag", "models/name")
-                if h5py.check_string_dtype(f[name].dtype) is None]
-    first, count = f["stimuli/first"][()], f["stimuli/count"][()]
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # HDF5's messages run over several lines
+    return (text[:160] + "...") if len(text) > 160 else (text or type(exc).__name__)
+
+
+def _identity(f: h5py.File, path: Path) -> tuple[int, ...]:
+    """Which file ``f`` is: device, inode, size and modification time of its open descriptor."""
+    try:
+        st = os.fstat(f.id.get_vfd_handle())
+    except Exception:  # noqa: BLE001 - a driver without a file descriptor: the path is the next best thing
+        st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+_INT_COLUMNS = ("stimuli/first", "stimuli/count", "stimuli/model_index", "models/ref_first", "models/ref_count",
+                "models/n_views", *(f"patch_index/{c}" for c in INDEX_COLUMNS))
+_STR_COLUMNS = ("stimuli/model", "stimuli/stimulus", "stimuli/split", "stimuli/flag", "models/name")
+
+
+def _read_tables(f: h5py.File) -> dict[str, dict[str, np.ndarray]]:
+    """The per-stimulus and per-model tables, in memory (small: one row per stimulus or model)."""
+    st, mo = f["stimuli"], f["models"]
+    return {
+        "stimuli": {"model": _read_str(st["model"]), "stimulus": _read_str(st["stimulus"]),
+                    "split": _read_str(st["split"]), "mos": st["mos"][()].astype(np.float64),
+                    "first": st["first"][()].astype(np.int64), "count": st["count"][()].astype(np.int64),
+                    "model_index": st["model_index"][()].astype(np.int32), "flag": _read_str(st["flag"])},
+        "models": {"name": _read_str(mo["name"]), "ref_first": mo["ref_first"][()].astype(np.int64),
+                   "ref_count": mo["ref_count"][()].astype(np.int64), "n_views": mo["n_views"][()].astype(np.int32),
+                   "views": _read_str(mo["views"]) if "views" in mo else None},
+    }
+
+
+def _validate(f: h5py.File, path: Path, rebuild: str) -> tuple[dict, int, int, dict]:
+    """(attributes, patches, reference patches, tables) of a store that every later read can trust;
+    StoreError naming what is wrong otherwise."""
+    attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+    if _attr_str(attrs.get("iqa_store", "")) != STORE_KIND:
+        raise StoreError(f"{path}: HDF5 file is not an iqa patch store (no iqa_store='{STORE_KIND}' "
+                         "attribute); build one with iqa patchify")
+    try:
+        version = int(attrs.get("schema_version"))
+    except (TypeError, ValueError):
+        version = None
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: patch store of schema version {version}, this iqa reads version "
+                         f"{SCHEMA_VERSION}; {rebuild}")
+    missing = [name for name in REQUIRED if not isinstance(f.get(name), h5py.Dataset)]
+    missing += [a for a in ("patch_size", "stride", "min_foreground") if a not in attrs]
+    if missing:
+        raise StoreError(f"{path}: damaged or incomplete patch store (missing {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}); {rebuild}")
+    try:
+        s = int(attrs["patch_size"])
+        int(attrs["stride"]), float(attrs["min_foreground"])
+    except (TypeError, ValueError):
+        raise StoreError(f"{path}: inconsistent patch store (patch_size, stride or min_foreground is not a "
+                         f"number); {rebuild}") from None
+    n = f["distorted"].shape[0] if f["distorted"].ndim else 0
+    m = f["reference"].shape[0] if f["reference"].ndim else 0
+    bad = [name for name in ("distorted", "reference")
+           if f[name].ndim != 4 or f[name].shape[1:] != (s, s, 3) or f[name].dtype != np.uint8]
+    bad += [f"patch_index/{c}" for c in INDEX_COLUMNS if f[f"patch_index/{c}"].shape != (n,)]
+    k = f["stimuli/model"].shape
+    bad += [f"stimuli/{c}" for c in STIMULI_COLUMNS if f[f"stimuli/{c}"].shape != k or len(k) != 1]
+    km = f["models/name"].shape
+    bad += [f"models/{c}" for c in MODELS_COLUMNS if f[f"models/{c}"].shape != km or len(km) != 1]
+    if bad:
+        raise StoreError(f"{path}: inconsistent patch store (bad shape of {', '.join(bad[:5])}); {rebuild}")
+    bad = [name for name in _INT_COLUMNS if not np.issubdtype(f[name].dtype, np.integer)]
+    bad += [name for name in _STR_COLUMNS if h5py.check_string_dtype(f[name].dtype) is None]
+    if not np.issubdtype(f["stimuli/mos"].dtype, np.number):
+        bad.append("stimuli/mos (not numbers)")
+    if bad:
+        raise StoreError(f"{path}: inconsistent patch store (bad type of {', '.join(bad[:5])}); {rebuild}")
+    try:
+        tables = _read_tables(f)
+    except UnicodeDecodeError:
+        raise StoreError(f"{path}: damaged patch store (names that are not UTF-8 text in /stimuli or /models); "
+                         f"{rebuild}") from None
+    bad = _table_problems(f, tables, n, m)
+    if bad:
+        raise StoreError(f"{path}: inconsistent patch store (bad {', '.join(bad[:5])}); {rebuild}")
+    return attrs, n, m, tables
+
+
+def _table_problems(f: h5py.File, tables: dict, n: int, m: int) -> list[str]:
+    """Values that would make later reads fail or pair the wrong patches: rows that point outside
+    /distorted, /reference or /models, and an index that contradicts the tables (checked in blocks:
+    memory stays flat)."""
+    st, mo = tables["stimuli"], tables["models"]
+    first, count, index = st["first"], st["count"], st["model_index"].astype(np.int64)
+    k = len(mo["name"])
+    problems = []
     if len(first) and (first.min() < 0 or count.min() < 0 or (first + count).max() > n):
         problems.append("stimuli/first, count (rows outside /distorted)")
-    index = f["stimuli/model_index"][()]
-    if len(index) and (index.min() < 0 or index.max() >= f["models/name"].shape[0]):
+    if len(index) and (index.min() < 0 or index.max() >= k):
         problems.append("stimuli/model_index (rows outside /models)")
-    ref_first, ref_count = f["models/ref_first"][()], f["models/ref_count"][()]
+    ref_first, ref_count = mo["ref_first"], mo["ref_count"]
     if len(ref_first) and (ref_first.min() < 0 or ref_count.min() < 0 or (ref_first + ref_count).max() > m):
         problems.append("models/ref_first, ref_count (rows outside /reference)")
-    refs = f["patch_index/ref"]
+    if problems or n == 0:
+        return problems
+    stim_ds, ref_ds = f["patch_index/stimulus"], f["patch_index/ref"]
     for start in range(0, n, 1 << 20):
-        block = refs[start:start + (1 << 20)]
-        if block.min() < 0 or block.max() >= m:
+        rows = np.arange(start, min(n, start + (1 << 20)))
+        stim = stim_ds[start:rows[-1] + 1].astype(np.int64)
+        refs = ref_ds[start:rows[-1] + 1].astype(np.int64)
+        if stim.min() < 0 or stim.max() >= len(first) or np.any(rows < first[stim]) or \
+                np.any(rows >= first[stim] + count[stim]):
+            problems.append("patch_index/stimulus (contradicts stimuli/first, count)")
+            break
+        model = index[stim]
+        if refs.min() < 0 or refs.max() >= m:
             problems.append("patch_index/ref (rows outside /reference)")
+            break
+        if np.any(refs < ref_first[model]) or np.any(refs >= ref_first[model] + ref_count[model]):
+            problems.append("patch_index/ref (outside its model's models/ref_first, ref_count)")
             break
     return problems
 
@@ -531,7 +731,8 @@ def store_fingerprint(path: str | Path) -> str | None:
     """The fingerprint of a valid store at ``path``; None when there is none (missing, foreign,
     corrupt, other schema)."""
     try:
-        return PatchStore.open(path).fingerprint
+        with PatchStore.open(path) as store:
+            return store.fingerprint
     except StoreError:
         return None
 
@@ -539,17 +740,19 @@ def store_fingerprint(path: str | Path) -> str | None:
 def is_foreign_file(path: str | Path) -> bool:
     """True when ``path`` exists and is not a patch store written by iqa (any schema version), so
     overwriting it could destroy someone's data."""
+    from .files import special_file_kind
+
     path = Path(path)
     if not path.exists():
         return False
-    if path.is_dir():
+    if path.is_dir() or special_file_kind(path) is not None:
         return True
     try:
         if not h5py.is_hdf5(str(path)):
             return True
         with h5py.File(path, "r") as f:
             return _attr_str(f.attrs.get("iqa_store", "")) != STORE_KIND
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - damaged HDF5: OSError, RuntimeError, ...
         return True
 
 
@@ -1056,6 +1259,9 @@ class PristineStore:
         self.n_images = int(n_images)
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        # PatchStore._h5 checks a reopened file against the validated one; the MVG cache rewrites this
+        # store in place (a new inode), so a pristine store is reopened without that check
+        self._identity = None
 
     @classmethod
     def open(cls, path: str | Path) -> "PristineStore":
