@@ -22,6 +22,7 @@ import torch
 
 from conftest import save_png
 from ddp_driver import run_toy
+from db_fixtures import make_tid
 from mesh_fixtures import make_render_db
 from test_training import make_teacher_store
 
@@ -63,6 +64,17 @@ def _pairs(root: Path, n: int = 5) -> tuple[Path, Path]:
     return root / "ref", root / "dist"
 
 
+def _photos(root: Path, n: int = 5) -> Path:
+    """Crops of a real photograph, two sizes, large enough for NIQE's 96x96 blocks."""
+    from skimage import data
+
+    image = data.astronaut()
+    for i in range(n):
+        h, w = (100, 120) if i % 2 else (110, 100)
+        save_png(root / f"c{i}.png", image[40 * i:40 * i + h, 30 * i:30 * i + w])
+    return root
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, torch_home):
     """Inputs, and the outputs of one 2-process launch over them."""
@@ -72,6 +84,8 @@ def launched(tmp_path_factory, torch_home):
                                      with_mos=False)
     refs, dists = _pairs(root / "pairs")
     renders, db = make_render_db(root / "renders_db", n_models=2, n_stimuli_per_model=2, size=(96, 96))
+    tid = make_tid(root / "tid", n_refs=3, types=(1, 8), levels=(1, 2, 5)).root
+    photos = _photos(root / "photos")
     out = root / "out"
     out.mkdir()
     ck = root / "ck2"
@@ -84,6 +98,10 @@ def launched(tmp_path_factory, torch_home):
         {"name": "train_rank", "cli": ["train", store, "--name", "rank", "--checkpoints-dir", ck, *TRAIN,
                                        "--loss", "mse+rank"]},
         {"name": "toy", "toy": {"run_dir": str(root / "toy2")}},
+        {"name": "evaldb", "cli": ["eval-db", tid, "-m", "ssim,lpips", "--net", "squeeze", "--device", "cpu",
+                                   "--batch-size", "2", "--bootstrap", "50", "--cache", out / "tid.h5", "--json"]},
+        {"name": "images", "cli": ["score-image", photos, "-m", "niqe", "--device", "cpu", "--batch-size", "2",
+                                   "--json"]},
         {"name": "patchify", "cli": ["patchify", renders, "--db", db, "--out", out / "patchified.h5"]},
         # last: after a failure the run's failure counter is taken, later errors would stay silent
         {"name": "nomos", "cli": ["train", nomos, "--name", "nomos", "--checkpoints-dir", ck, *TRAIN]},
@@ -93,7 +111,7 @@ def launched(tmp_path_factory, torch_home):
                           env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"root": root, "out": out, "store": store, "refs": refs, "dists": dists, "ck": ck, "renders": renders,
-            "db": db}
+            "db": db, "tid": tid, "photos": photos}
 
 
 def _read(launch, name: str, rank: int, stream: str) -> str:
@@ -126,6 +144,22 @@ def test_sharded_score_pair_folders_equal_one_process(launched, cli, tmp_path):
     assert single.exit_code == 0, single.output
     assert doc["pairs"] == json.loads(single.stdout)["pairs"] and len(doc["pairs"]) == 5
     assert (launched["out"] / "pairs.csv").read_bytes() == (tmp_path / "pairs.csv").read_bytes()
+
+
+def test_sharded_eval_db_equals_one_process(launched, cli, tmp_path):
+    doc = json.loads(_one_voice(launched, "evaldb"))
+    single = cli("eval-db", launched["tid"], "-m", "ssim,lpips", "--net", "squeeze", "--device", "cpu",
+                 "--batch-size", "2", "--bootstrap", "50", "--cache", tmp_path / "tid.h5", "--json")
+    assert single.exit_code == 0, single.output
+    expected = json.loads(single.stdout)
+    assert doc["images"] == expected["images"] and len(doc["images"]) == 18
+    assert doc["metrics"] == expected["metrics"] and doc["comparisons"] == expected["comparisons"]
+
+
+def test_sharded_score_image_equals_one_process(launched, cli):
+    doc = json.loads(_one_voice(launched, "images"))
+    single = cli("score-image", launched["photos"], "-m", "niqe", "--device", "cpu", "--batch-size", "2", "--json")
+    assert doc["images"] == json.loads(single.stdout)["images"] and len(doc["images"]) == 5
 
 
 def _train_cfg(store: Path, ck: Path, name: str, **kw):

@@ -45,7 +45,7 @@ def _processes():
 
 # Commands that share their work among torchrun's processes; under torchrun any other command runs
 # in the main process alone while the others exit (add a command here once it shards its work).
-SHARED_COMMANDS = {"score-mesh-db", "score-pair", "train"}
+SHARED_COMMANDS = {"score-mesh-db", "score-pair", "train", "eval-db", "score-image"}
 
 
 @contextlib.contextmanager

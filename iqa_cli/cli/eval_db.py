@@ -98,10 +98,14 @@ def eval_db(
 
     store, cache_info = None, None
     if cache_path is not None:
-        from ..datasets.cache import ensure_image_cache
+        from ..datasets.cache import build_image_cache, open_image_cache
+        from ..engine import share_from_main
 
         with progress_bar("caching images", len(table.image_paths()), "images", enabled=not as_json) as advance:
-            store, built = ensure_image_cache(table, cache_path, progress=advance, short_side=short_side)
+            # under torchrun the main process builds the cache; the others read it once it is there
+            built = share_from_main(lambda: build_image_cache(table, cache_path, progress=advance,
+                                                              short_side=short_side))
+        store = open_image_cache(cache_path, table, short_side)
         cache_info = {**built.to_dict(), "path": str(cache_path)}
     from ..eval_db import eval_db as run
 
