@@ -195,6 +195,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     raw = read_state_file(path)
     if not isinstance(raw, dict):
         raise WeightsError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
+    if raw.get("format") == CHECKPOINT_FORMAT and raw.get("family", "lpips") != "lpips":
+        raise WeightsError(f"{path}: an {raw['family']} checkpoint, not an LPIPS / Graphics-LPIPS one "
+                           f"(use it with --metric {raw['family']})")
     if raw.get("format") == CHECKPOINT_FORMAT:
         state = raw["state_dict"]
         head_state = {k: v for k, v in state.items() if k.startswith("lin")}
@@ -232,3 +235,86 @@ def save_checkpoint(path: str | Path, model: nn.Module, net: str, version: str, 
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+# -- other families' checkpoints (ASNA, the learned sorter, ...) ------------------------------------
+def save_family_checkpoint(path: str | Path, family: str, model: nn.Module, config: dict[str, Any],
+                           extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s whole state dict with its family and config (atomic rename), so that
+    :func:`read_family_checkpoint` can rebuild the network before loading it strictly."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": family,
+               "config": dict(config), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_family_checkpoint(path: str | Path, family: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, config) of a checkpoint :func:`save_family_checkpoint` wrote for ``family``."""
+    raw = read_state_file(path)
+    found = raw.get("family", "lpips") if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT else None
+    if found != family:
+        what = f"an {found} checkpoint" if found else "not an iqa checkpoint"
+        raise WeightsError(f"{path}: {what}, expected an {family} checkpoint" + (f" ({hint})" if hint else ""))
+    state, config = raw.get("state_dict"), raw.get("config")
+    if not isinstance(state, dict) or not isinstance(config, dict):
+        raise WeightsError(f"{path}: damaged {family} checkpoint (no state_dict or config); write it again")
+    return state, config
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def load_asna(path: str | Path):
+    """An ASNA network (eval mode) from a native checkpoint or, directly, a released Keras .hdf5."""
+    from .models.asna import AsnaConfig, AsnaNet
+
+    path = Path(path)
+    if path.is_file() and _is_hdf5(path):
+        from .io.keras import import_asna
+
+        return import_asna(path)
+    state, config = read_family_checkpoint(path, "asna", "convert a Keras .hdf5 with iqa_cli.io.keras.convert_keras")
+    try:
+        net = AsnaNet(AsnaConfig.from_dict(config))
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: its ASNA config does not make a network ({exc})") from None
+    load_strict(net, state, source=str(path))
+    return net.eval()
+
+
+BUNDLED_SORTER = "sorter16.pth"
+
+
+def bundled_sorter_path() -> Path:
+    ref = resources.files("iqa_cli") / "heads" / "sorter" / BUNDLED_SORTER
+    with resources.as_file(ref) as path:
+        return Path(path)
+
+
+def load_sorter(path: str | Path | None = None):
+    """A learned sorter (eval mode): the bundled one (None), a native checkpoint, or a Keras .hdf5."""
+    from .models.sorter import Sorter, SorterConfig
+
+    if path is None:
+        path = bundled_sorter_path()
+        if not path.is_file():
+            raise WeightsError(f"bundled sorter {path} is missing: reinstall iqa-cli")
+    path = Path(path)
+    if path.is_file() and _is_hdf5(path):
+        from .io.keras import import_sorter
+
+        return import_sorter(path)
+    state, config = read_family_checkpoint(path, "sorter", "train one with iqa_cli.models.sorter.train_sorter")
+    try:
+        sorter = Sorter(SorterConfig.from_dict(config))
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: its sorter config does not make a network ({exc})") from None
+    load_strict(sorter, state, source=str(path))
+    return sorter.eval()
