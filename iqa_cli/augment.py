@@ -109,5 +109,6 @@ def tta_augmentations(brightness: tuple[float, ...] = TTA_BRIGHTNESS) -> tuple[P
     """The original's 22 test-time views: 4 rotations (0 included), 3 flips (left-right,
     up-down, both) and one view per brightness factor."""
     rotations = tuple(PairAugmentation(rotation=k) for k in range(4))
-    flips = (PairAugmentation(flip_lr=True), PairAugmentation(flip_ud=True), PairAugmentation(flip_lr=True, flip_ud=True))
+    flips = (PairAugmentation(flip_lr=True), PairAugmentation(flip_ud=True),
+             PairAugmentation(flip_lr=True, flip_ud=True))
     return rotations + flips + tuple(PairAugmentation(brightness=float(f)) for f in brightness)

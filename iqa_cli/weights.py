@@ -271,22 +271,27 @@ def _is_hdf5(path: Path) -> bool:
         return fh.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
+def _load_family(path: Path, family: str, build, import_hdf5, hint: str):
+    """A native checkpoint rebuilt with ``build(config dict)`` and loaded strictly, or a Keras
+    .hdf5 converted by ``import_hdf5(path)``; eval mode."""
+    if path.is_file() and _is_hdf5(path):
+        return import_hdf5(path)
+    state, config = read_family_checkpoint(path, family, hint)
+    try:
+        model = build(config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: its {family} config does not make a network ({exc})") from None
+    load_strict(model, state, source=str(path))
+    return model.eval()
+
+
 def load_asna(path: str | Path):
     """An ASNA network (eval mode) from a native checkpoint or, directly, a released Keras .hdf5."""
+    from .io.keras import import_asna
     from .models.asna import AsnaConfig, AsnaNet
 
-    path = Path(path)
-    if path.is_file() and _is_hdf5(path):
-        from .io.keras import import_asna
-
-        return import_asna(path)
-    state, config = read_family_checkpoint(path, "asna", "convert a Keras .hdf5 with iqa_cli.io.keras.convert_keras")
-    try:
-        net = AsnaNet(AsnaConfig.from_dict(config))
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"{path}: its ASNA config does not make a network ({exc})") from None
-    load_strict(net, state, source=str(path))
-    return net.eval()
+    return _load_family(Path(path), "asna", lambda c: AsnaNet(AsnaConfig.from_dict(c)), import_asna,
+                        "convert a Keras .hdf5 with iqa_cli.io.keras.convert_keras")
 
 
 BUNDLED_SORTER = "sorter16.pth"
@@ -300,21 +305,12 @@ def bundled_sorter_path() -> Path:
 
 def load_sorter(path: str | Path | None = None):
     """A learned sorter (eval mode): the bundled one (None), a native checkpoint, or a Keras .hdf5."""
+    from .io.keras import import_sorter
     from .models.sorter import Sorter, SorterConfig
 
     if path is None:
         path = bundled_sorter_path()
         if not path.is_file():
             raise WeightsError(f"bundled sorter {path} is missing: reinstall iqa-cli")
-    path = Path(path)
-    if path.is_file() and _is_hdf5(path):
-        from .io.keras import import_sorter
-
-        return import_sorter(path)
-    state, config = read_family_checkpoint(path, "sorter", "train one with iqa_cli.models.sorter.train_sorter")
-    try:
-        sorter = Sorter(SorterConfig.from_dict(config))
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"{path}: its sorter config does not make a network ({exc})") from None
-    load_strict(sorter, state, source=str(path))
-    return sorter.eval()
+    return _load_family(Path(path), "sorter", lambda c: Sorter(SorterConfig.from_dict(c)), import_sorter,
+                        "train one with iqa_cli.models.sorter.train_sorter")

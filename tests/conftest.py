@@ -96,3 +96,15 @@ def examples(tmp_path) -> dict[str, Path]:
     for name in ("ex_ref", "ex_p0", "ex_p1"):
         out[name] = Path(shutil.copy(SHARED_EXAMPLES / f"{name}.png", tmp_path / f"{name}.png"))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP spin-wait stalls when
+    other processes share the cores (use with pytest.mark.usefixtures in a module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ from iqa_cli.models.asna import (PRESETS, STANDARDISATION, AsnaConfig, AsnaMetri
 from iqa_cli.models.keras_layers import ConvLSTM2d, SameConv2d, hard_sigmoid, same_padding
 from iqa_cli.weights import load_asna, load_sorter, read_checkpoint, save_family_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -38,8 +32,9 @@ def _tiny(variant: str = "simple", **overrides) -> AsnaConfig:
 
 
 # -- Keras semantics ----------------------------------------------------------------------------
-@pytest.mark.parametrize("size, kernel, stride, expected", [(72, 3, 2, (0, 1)), (288, 3, 4, (0, 0)), (288, 5, 1, (2, 2)),
-                                                            (16, 2, 1, (0, 1)), (16, 10, 1, (4, 5)), (9, 3, 2, (1, 1))])
+@pytest.mark.parametrize("size, kernel, stride, expected", [(72, 3, 2, (0, 1)), (288, 3, 4, (0, 0)),
+                                                            (288, 5, 1, (2, 2)), (16, 2, 1, (0, 1)),
+                                                            (16, 10, 1, (4, 5)), (9, 3, 2, (1, 1))])
 def test_same_padding_puts_the_odd_pixel_bottom_right(size, kernel, stride, expected):
     assert same_padding(size, kernel, stride) == expected
 
@@ -195,7 +190,8 @@ def test_metric_follows_the_calling_convention():
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("option", [{"order": "ref,dist"}, {"crop": "tiles"}, {"small": "crop"}, {"destandardise": "live"}])
+@pytest.mark.parametrize("option", [{"order": "ref,dist"}, {"crop": "tiles"}, {"small": "crop"},
+                                    {"destandardise": "live"}])
 def test_unknown_options_are_one_line_errors(option):
     with pytest.raises(InvalidInputError, match="is not one of"):
         AsnaMetric(RecordingNet(), **option)

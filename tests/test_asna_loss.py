@@ -11,6 +11,8 @@ from torch import nn
 from iqa_cli.losses.asna import AsnaLoss, clipped_pearson
 from iqa_cli.models.sorter import SorterConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def hand_loss(p: np.ndarray, y: np.ndarray, m: float, s: float, pred_ranks: np.ndarray, target_ranks: np.ndarray
               ) -> float:

@@ -20,8 +20,9 @@ from iqa_cli.io.keras import convert_keras, import_asna, import_sorter
 from iqa_cli.models.asna import AsnaMetric
 from iqa_cli.weights import load_asna, load_sorter
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("tf_keras") is None, reason="tf-keras (test extra) not installed")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(importlib.util.find_spec("tf_keras") is None,
+                                 reason="tf-keras (test extra) not installed")]
 
 TOLERANCE = 1e-4
 # variant, builder options (the ways a released file may be laid out), batch size
@@ -56,7 +57,8 @@ def keras_files(tmp_path_factory) -> dict:
     out: dict = {}
     for name, (variant, options, batch) in CASES.items():
         ref = rng.uniform(0, 255, (batch, 288, 288, 3)).astype(np.float32)
-        dist = np.clip(ref + rng.normal(0, 40, ref.shape), 0, 255).astype(np.float32)
+        noise = np.array([10.0, 80.0])[:batch, None, None, None]  # a mild and a strong distortion
+        dist = np.clip(ref + noise * rng.normal(0, 1, ref.shape), 0, 255).astype(np.float32)
         model = build_asna(keras, tf, variant, **options)
         randomise(model, seed=len(out))
         model.save(folder / f"{name}.hdf5")
@@ -80,14 +82,6 @@ def keras_files(tmp_path_factory) -> dict:
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_imported_variant_gives_the_keras_scores(keras_files, name):
     case: KerasCase = keras_files[name]
@@ -100,7 +94,10 @@ def test_imported_variant_gives_the_keras_scores(keras_files, name):
     np.testing.assert_allclose(scores, case.scores, atol=TOLERANCE, rtol=0)
     scale = max(1.0, float(np.abs(case.hidden).max()))
     np.testing.assert_allclose(hidden["out"].numpy(), case.hidden, atol=TOLERANCE * scale, rtol=0)
-    assert float(np.abs(case.hidden).max()) > 0.05  # the comparison is not between dead features
+    # the features compared are alive and differ between the mild and the strong distortion
+    assert float(np.abs(case.hidden).max()) > 0.05
+    if len(case.hidden) > 1:
+        assert float(np.abs(case.hidden[0] - case.hidden[1]).max()) > 100 * TOLERANCE * scale
 
 
 def test_sizes_and_alpha_come_from_the_file(keras_files):

@@ -180,7 +180,8 @@ class KerasGraph:
 
     def model_input(self, name: str, position: int, layer: dict) -> KerasCall:
         if name not in self._inputs:
-            self._inputs[name] = KerasCall(name, "InputLayer", layer.get("config", {}), (name, name), model_input=position)
+            self._inputs[name] = KerasCall(name, "InputLayer", layer.get("config", {}), (name, name),
+                                           model_input=position)
         return self._inputs[name]
 
     def scope(self, layer: dict, top: str, args: list[KerasCall], key: tuple) -> _Scope:
@@ -285,16 +286,31 @@ def _decode(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _read_weights(root: h5py.Group) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-    """model_weights -> {(top-level layer, layer): {'kernel': array, ...}}; a nested model's
-    group holds all its layers' weights, named '<layer>/<weight>:0'."""
+def _layer_names(model: dict) -> set[str]:
+    """Every layer name in a model config, nested models included."""
+    names = set()
+    for layer in _as_functional(model)[0]:
+        names.add(_layer_name(layer))
+        if layer["class_name"] in MODEL_CLASSES:
+            names |= _layer_names(layer)
+    return names
+
+
+def _read_weights(root: h5py.Group, model: dict) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """model_weights -> {(top-level layer, layer): {'kernel': array, ...}}. A layer's group holds its
+    weights; a nested model's group holds all its layers' weights, named '<layer>/<weight>:0'
+    (possibly under more scopes: the innermost known layer name in the path owns the weight)."""
+    nested = {_layer_name(layer) for layer in _as_functional(model)[0] if layer["class_name"] in MODEL_CLASSES}
+    known = _layer_names(model)
     weights: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     names = [_decode(n) for n in root.attrs.get("layer_names", list(root.keys()))]
     for top in names:
         group = root[top]
         for weight_name in (_decode(n) for n in group.attrs.get("weight_names", [])):
             parts = weight_name.split("/")
-            layer = parts[-2] if len(parts) >= 2 else top
+            layer = top
+            if top in nested:
+                layer = next((p for p in reversed(parts[:-1]) if p in known), parts[-2] if len(parts) > 1 else top)
             suffix = parts[-1].split(":")[0]
             weights.setdefault((top, layer), {})[suffix] = np.asarray(group[weight_name], dtype=np.float32)
     return weights
@@ -321,11 +337,11 @@ def read_keras_model(path: str | Path) -> KerasGraph:
         if model.get("class_name") not in MODEL_CLASSES:
             raise WeightsError(f"{path}: the Keras file holds a {model.get('class_name')}, expected a Functional "
                                f"or Sequential model")
-        weights = _read_weights(handle["model_weights"] if "model_weights" in handle else handle)
-    try:
-        return KerasGraph(path, model, weights)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise WeightsError(f"{path}: unreadable Keras model config ({type(exc).__name__}: {exc})") from None
+        try:
+            weights = _read_weights(handle["model_weights"] if "model_weights" in handle else handle, model)
+            return KerasGraph(path, model, weights)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{path}: unreadable Keras model ({type(exc).__name__}: {exc})") from None
 
 
 # -- matching ------------------------------------------------------------------------------------

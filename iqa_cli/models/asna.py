@@ -122,10 +122,12 @@ class AsnaConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown ASNA variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
         if self.head_activation not in HEAD_ACTIVATIONS:
-            raise ValueError(f"head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}, got {self.head_activation!r}")
-        if self.encoder_size % 8 or (self.variant == "tiled" and self.input_size % self.tiles):
-            raise ValueError(f"input_size {self.input_size} must split into {self.tiles if self.variant == 'tiled' else 1}"
-                             f" tile(s) per side of a multiple of 8 pixels")
+            raise ValueError(f"head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}, "
+                             f"got {self.head_activation!r}")
+        tiles = self.tiles if self.variant == "tiled" else 1
+        if self.input_size % tiles or self.encoder_size % 8:
+            raise ValueError(f"input_size {self.input_size} must split into {tiles} tile(s) per side of a multiple "
+                             f"of 8 pixels")
 
     @property
     def batch_norm(self) -> bool:
@@ -235,8 +237,10 @@ class AttentionBlock(nn.Module):
         self.conv_a = SameConv2d(in_channels, hidden, kernel)
         self.norm = keras_batch_norm2d(hidden)
         self.conv_b = SameConv2d(hidden, channels, kernel)
-        self.channel_gate = nn.ModuleList([nn.Conv2d(channels, gate_widths[0], 1), nn.Conv2d(gate_widths[0], channels, 1)])
-        self.pixel_gate = nn.ModuleList([nn.Conv2d(channels, gate_widths[1], 1), nn.Conv2d(gate_widths[1], channels, 1)])
+        self.channel_gate = nn.ModuleList([nn.Conv2d(channels, gate_widths[0], 1),
+                                           nn.Conv2d(gate_widths[0], channels, 1)])
+        self.pixel_gate = nn.ModuleList([nn.Conv2d(channels, gate_widths[1], 1),
+                                         nn.Conv2d(gate_widths[1], channels, 1)])
         self.fuse = nn.Conv2d(in_channels + 2 * channels, out_channels, 1)
 
     @staticmethod
