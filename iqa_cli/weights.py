@@ -242,15 +242,14 @@ def save_family_checkpoint(path: str | Path, family: str, model: nn.Module, conf
                            extra: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s whole state dict with its family and config (atomic rename), so that
     :func:`read_family_checkpoint` can rebuild the network before loading it strictly."""
-    path = Path(path)
+    from .io.files import atomic_path
+
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": family,
                "config": dict(config), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     payload.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def read_family_checkpoint(path: str | Path, family: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:

@@ -240,3 +240,13 @@ def test_non_keras_files_are_one_line(tmp_path):
     with pytest.raises(WeightsError, match="weights-only") as err:
         import_asna(weights_only)
     assert "\n" not in str(err.value)
+
+
+def test_size_check_before_decoding_and_meta():
+    metric = AsnaMetric(RecordingNet(), order="dist-ref", tta=True)
+    with pytest.raises(InvalidInputError, match="small='pad'"):
+        metric.check_size((24, 40))
+    metric.check_size((32, 33))
+    AsnaMetric(RecordingNet(), small="pad").check_size((24, 40))
+    assert metric.meta()["order"] == "dist-ref" and metric.meta()["tta"] is True
+    assert not metric.train().training  # a scorer stays in eval mode

@@ -399,16 +399,33 @@ class ScoringOptions:
 class AsnaMetric(nn.Module):
     """ASNA as a full-reference metric: ``metric(ref, dist)``, RGB [0, 1] (N, 3, H, W) -> (N,),
     higher = better (standardised Elo / MOS, or the training set's scale with ``destandardise``).
-    Options (:class:`ScoringOptions`) are described in the module docstring."""
+    Options (:class:`ScoringOptions`) are described in the module docstring. Shaped like the
+    registry's QualityMetric (name, kind, lower_better, score, check_size, meta); always in eval mode."""
 
+    name = "asna"
     kind = "fr"
     lower_better = False
 
     def __init__(self, net: AsnaNet, options: ScoringOptions | None = None, **option_values):
         super().__init__()
+        if options is not None and option_values:
+            raise TypeError("give AsnaMetric either a ScoringOptions or option keywords, not both")
         self.net = net
         self.options = options or ScoringOptions(**option_values)
         self.views = tta_augmentations() if self.options.tta else (IDENTITY,)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "AsnaMetric":
+        return super().train(False)  # a scorer: dropout off, BatchNorm on its running statistics
+
+    def check_size(self, hw: tuple[int, int], name: str = "images") -> None:
+        """Images smaller than the crop need a ``small`` rule (checked before any image is decoded)."""
+        size = self.net.config.input_size
+        if min(hw) < size and self.options.small == "error":
+            fit_to_size(torch.empty(0, 3, *hw), size, "error")
+
+    def meta(self) -> dict:
+        return {"metric": self.name, "variant": self.net.config.variant, **self.options.to_dict()}
 
     def _score_crops(self, ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
         ref_bgr, dist_bgr = ref.flip(1) * 255.0, dist.flip(1) * 255.0
@@ -416,7 +433,7 @@ class AsnaMetric(nn.Module):
             return self.net(ref_bgr, dist_bgr)
         return self.net(dist_bgr, ref_bgr)
 
-    def forward(self, ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    def score(self, ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
         if ref.ndim != 4 or ref.shape[1] != 3 or ref.shape != dist.shape:
             raise InvalidInputError(f"ASNA needs two (N, 3, H, W) batches of the same shape, got reference "
                                     f"{tuple(ref.shape)} and distorted {tuple(dist.shape)}")
@@ -432,3 +449,7 @@ class AsnaMetric(nn.Module):
         if self.options.destandardise is not None:
             score = STANDARDISATION[self.options.destandardise].destandardise(score)
         return score
+
+    def forward(self, ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        # until the registry's QualityMetric base (input conversion, no-grad default) takes over
+        return self.score(ref, dist)

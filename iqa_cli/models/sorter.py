@@ -165,7 +165,8 @@ def train_sorter(config: SorterConfig | None = None, n_vectors: int = 2_000_000,
         history.append(total / seen)
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
-    recalibrate_batch_norm(sorter, vectors, batch_size, device)
+    sample = torch.randperm(n_vectors, generator=generator)[:100_000]  # both halves of the training vectors
+    recalibrate_batch_norm(sorter, vectors[sample], batch_size, device)
     record = SorterTraining(config, n_vectors, epochs, batch_size, lr, decay_every, seed, tuple(history),
                             time.perf_counter() - start)
     return sorter.cpu().eval(), record
@@ -173,10 +174,10 @@ def train_sorter(config: SorterConfig | None = None, n_vectors: int = 2_000_000,
 
 @torch.no_grad()
 def recalibrate_batch_norm(model: nn.Module, vectors: torch.Tensor, batch_size: int = 1024,
-                           device: str | torch.device = "cpu", max_vectors: int = 100_000) -> None:
-    """Re-estimate BatchNorm running statistics as plain averages over (up to ``max_vectors``)
-    training vectors. Keras' momentum 0.99 needs thousands of steps to forget the initial (0, 1)
-    statistics, so after a short training the eval-mode network would use wrong ones."""
+                           device: str | torch.device = "cpu") -> None:
+    """Re-estimate BatchNorm running statistics as plain averages over ``vectors`` (a shuffled
+    sample of the training distribution). Keras' momentum 0.99 needs thousands of steps to forget
+    the initial (0, 1) statistics, so after a short training the eval-mode network would use wrong ones."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -185,7 +186,7 @@ def recalibrate_batch_norm(model: nn.Module, vectors: torch.Tensor, batch_size: 
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    for first in range(0, min(len(vectors), max_vectors), batch_size):
+    for first in range(0, len(vectors), batch_size):
         model(vectors[first:first + batch_size].to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
