@@ -21,6 +21,7 @@ from iqa_cli.models.asna import AsnaMetric
 from iqa_cli.weights import load_asna, load_sorter
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
               pytest.mark.skipif(importlib.util.find_spec("tf_keras") is None,
                                  reason="tf-keras (test extra) not installed")]
 

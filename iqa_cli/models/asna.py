@@ -314,6 +314,11 @@ class AsnaDecoder(nn.Module):
         return self.affine(x).squeeze(1)
 
 
+def rgb_to_network(rgb: torch.Tensor) -> torch.Tensor:
+    """RGB images in [0, 1] (N, 3, H, W) -> what the network takes: BGR with values 0..255 (not rounded)."""
+    return rgb.flip(1) * 255.0
+
+
 def scale_input(bgr255: torch.Tensor) -> torch.Tensor:
     """The original's in-model scaling of 0..255 values to [-1, 1]."""
     return (bgr255 - 127.5) / 127.5
@@ -428,7 +433,7 @@ class AsnaMetric(nn.Module):
         return {"metric": self.name, "variant": self.net.config.variant, **self.options.to_dict()}
 
     def _score_crops(self, ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
-        ref_bgr, dist_bgr = ref.flip(1) * 255.0, dist.flip(1) * 255.0
+        ref_bgr, dist_bgr = rgb_to_network(ref), rgb_to_network(dist)
         if self.options.order == "ref-dist":
             return self.net(ref_bgr, dist_bgr)
         return self.net(dist_bgr, ref_bgr)
