@@ -193,6 +193,19 @@ def _graphiqa(checkpoint=None, crops: int = 25, seed: int = 0, embed_size: int |
     return GraphIQAScorer(model, crops=crops, seed=seed)
 
 
+def _asna(checkpoint=None, order: str = "ref-dist", crop: str = "grid", small: str = "error",
+          destandardise: str | None = None, tta: bool = False):
+    """The NTIRE 2021 MACS network from a native checkpoint or a released Keras .hdf5 model."""
+    from .models.asna import AsnaMetric
+    from .weights import load_asna
+
+    if checkpoint is None:
+        raise WeightsError("asna has no bundled weights: pass --checkpoint PATH (a Keras .hdf5 model of the MACS "
+                           "release, or a checkpoint from 'iqa train --method asna')")
+    return AsnaMetric(load_asna(checkpoint), order=order, crop=crop, small=small, destandardise=destandardise,
+                      tta=tta)
+
+
 def _niqe(pristine=None, grey: str = "rgb2gray"):
     """NIQE with the official pristine model, or ``pristine``: a model .npz (official layout) or a
     pristine store built by 'iqa patchify --pristine' (its Gaussian is fitted once and cached there)."""
@@ -273,6 +286,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("vif", "fr", False, (0.0, INF), "luma",
                "visual information fidelity, pixel domain (Sheikh and Bovik 2006); 1 for a copy",
                _classic("VIF"), aliases=("vifp", "vif-p")),
+    MetricSpec("asna", "fr", False, (-INF, INF), "BGR, scaled to [-1, 1] (288x288 crops)",
+               "ASNA (NTIRE 2021, team MACS): attention Siamese-difference network; standardised Elo/MOS",
+               _asna, weights=(WeightsNeed("ASNA model (.pth or Keras .hdf5)", "user", "--checkpoint"),)),
     MetricSpec("niqe", "nr", True, (0.0, INF), "grey (MATLAB rgb2gray; grey='y': YCbCr Y)",
                "NIQE (Mittal et al. 2013), the official algorithm and pristine model; pristine= refits it",
                _niqe, weights=(WeightsNeed("official pristine model", "bundled", "data/niqe/niqe_pris_params.npz"),)),

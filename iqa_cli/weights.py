@@ -578,3 +578,81 @@ def checkpoint_metric_name(path: str | Path) -> str:
     if any(k.startswith(prefix) for k in keys for prefix, _ in ORIGINAL_KEY_PREFIXES if "features." not in prefix):
         return "graphiqa"
     return "graphics-lpips" if any(k.endswith("lin0.model.4.weight") for k in keys) else "lpips"
+
+
+# -- other families' checkpoints (ASNA, the learned sorter, ...) ------------------------------------
+def save_family_checkpoint(path: str | Path, family: str, model: nn.Module, config: dict[str, Any],
+                           extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s whole state dict with its family and config (atomic rename), so that
+    :func:`read_family_checkpoint` can rebuild the network before loading it strictly."""
+    from .io.files import atomic_path
+
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": family,
+               "config": dict(config), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload.update(extra or {})
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_family_checkpoint(path: str | Path, family: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, config) of a checkpoint :func:`save_family_checkpoint` wrote for ``family``."""
+    raw = read_state_file(path)
+    found = raw.get("family", "lpips") if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT else None
+    if found != family:
+        what = f"an {found} checkpoint" if found else "not an iqa checkpoint"
+        raise WeightsError(f"{path}: {what}, expected an {family} checkpoint" + (f" ({hint})" if hint else ""))
+    state, config = raw.get("state_dict"), raw.get("config")
+    if not isinstance(state, dict) or not isinstance(config, dict):
+        raise WeightsError(f"{path}: damaged {family} checkpoint (no state_dict or config); write it again")
+    return state, config
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _load_family(path: Path, family: str, build, import_hdf5, hint: str):
+    """A native checkpoint rebuilt with ``build(config dict)`` and loaded strictly, or a Keras
+    .hdf5 converted by ``import_hdf5(path)``; eval mode."""
+    if path.is_file() and _is_hdf5(path):
+        return import_hdf5(path)
+    state, config = read_family_checkpoint(path, family, hint)
+    try:
+        model = build(config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: its {family} config does not make a network ({exc})") from None
+    load_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def load_asna(path: str | Path):
+    """An ASNA network (eval mode) from a native checkpoint or, directly, a released Keras .hdf5."""
+    from .io.keras import import_asna
+    from .models.asna import AsnaConfig, AsnaNet
+
+    return _load_family(Path(path), "asna", lambda c: AsnaNet(AsnaConfig.from_dict(c)), import_asna,
+                        "convert a Keras .hdf5 with iqa_cli.io.keras.convert_keras")
+
+
+BUNDLED_SORTER = "sorter16.pth"
+
+
+def bundled_sorter_path() -> Path:
+    ref = resources.files("iqa_cli") / "heads" / "sorter" / BUNDLED_SORTER
+    with resources.as_file(ref) as path:
+        return Path(path)
+
+
+def load_sorter(path: str | Path | None = None):
+    """A learned sorter (eval mode): the bundled one (None), a native checkpoint, or a Keras .hdf5."""
+    from .io.keras import import_sorter
+    from .models.sorter import Sorter, SorterConfig
+
+    if path is None:
+        path = bundled_sorter_path()
+        if not path.is_file():
+            raise WeightsError(f"bundled sorter {path} is missing: reinstall iqa-cli")
+    return _load_family(Path(path), "sorter", lambda c: Sorter(SorterConfig.from_dict(c)), import_sorter,
+                        "train one with iqa_cli.models.sorter.train_sorter")

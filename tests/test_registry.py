@@ -55,10 +55,23 @@ def grepq_files(tmp_path):
     return {"low_level_weights": weights, "pristine": tmp_path / "pristine.h5"}
 
 
+def asna_checkpoint(tmp_path):
+    """A small random ASNA network saved in iqa's family-checkpoint format."""
+    from iqa_cli.models.asna import AsnaNet, asna_config
+    from iqa_cli.weights import save_family_checkpoint
+
+    torch.manual_seed(6)
+    config = asna_config("simple")
+    path = tmp_path / "asna.pth"
+    save_family_checkpoint(path, "asna", AsnaNet(config), config.to_dict())
+    return path
+
+
 # metrics that need a weights file the tests make, and the options that keep them small
 NEEDS = {"graphics-lpips": lambda tmp: {"checkpoint": graphics_checkpoint(tmp)},
          "graphiqa": lambda tmp: {"checkpoint": graphiqa_checkpoint(tmp), "crops": 2},
-         "grepq": grepq_files}
+         "grepq": grepq_files,
+         "asna": lambda tmp: {"checkpoint": asna_checkpoint(tmp), "small": "resize"}}
 
 
 def build(spec, tmp_path):

@@ -40,6 +40,14 @@ ClipWeightsOpt = typer.Option(None, "--clip-weights", help="grepq: a local CLIP 
                               "part; without it grepq is low-level only).")
 ClipVisualWeightsOpt = typer.Option(None, "--clip-visual-weights", help="grepq: a fine-tuned CLIP image tower "
                                     "replacing the one of --clip-weights.")
+OrderOpt = typer.Option(None, "--order", help="asna: which image goes to the network's first input: ref-dist "
+                        "(default, the released evaluation scripts) or dist-ref (the PIPAL fine-tuning).")
+SmallOpt = typer.Option(None, "--small", help="asna: images under 288x288: error (default), pad (black, "
+                        "centred) or resize (short side to 288).")
+TtaOpt = typer.Option(None, "--tta/--no-tta", help="asna: average 22 test-time augmentations (rotations, flips, "
+                      "brightness), as the challenge entry did.")
+DestandardiseOpt = typer.Option(None, "--destandardise", help="asna: report pipal (Elo), tid (MOS) or pieapp "
+                                "scores instead of standardised ones.")
 CropsOpt = typer.Option(None, "--crops", min=1, help="graphiqa: 224x224 crops per image (default 25), at a "
                         "fixed layout.")
 

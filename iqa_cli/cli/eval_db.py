@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, ClipVisualWeightsOpt, ClipWeightsOpt, CropsOpt, DeviceOpt,
-                     JsonOpt, LowLevelWeightsOpt, NetOpt, PristineOpt, VersionOpt, build_metrics, emit_json,
-                     err_console, progress_bar)
+from .common import (BackboneWeightsOpt, CheckpointOpt, ClipVisualWeightsOpt, ClipWeightsOpt, CropsOpt,
+                     DestandardiseOpt, DeviceOpt, JsonOpt, LowLevelWeightsOpt, NetOpt, OrderOpt, PristineOpt,
+                     SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
 
 
 def eval_db(
@@ -25,6 +25,10 @@ def eval_db(
     version: Optional[str] = VersionOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     backbone_weights: Optional[Path] = BackboneWeightsOpt,
+    order: Optional[str] = OrderOpt,
+    small: Optional[str] = SmallOpt,
+    tta: Optional[bool] = TtaOpt,
+    destandardise: Optional[str] = DestandardiseOpt,
     pristine: Optional[Path] = PristineOpt,
     low_level_weights: Optional[Path] = LowLevelWeightsOpt,
     clip_weights: Optional[Path] = ClipWeightsOpt,
@@ -83,7 +87,8 @@ def eval_db(
 
         plot_format(plot)
     models = build_metrics(metric, device=device, net=net, version=version, checkpoint=checkpoint,
-                           backbone_weights=backbone_weights, pristine=pristine, low_level_weights=low_level_weights,
+                           backbone_weights=backbone_weights, order=order, small=small, tta=tta,
+                           destandardise=destandardise, pristine=pristine, low_level_weights=low_level_weights,
                            clip_weights=clip_weights, clip_visual_weights=clip_visual_weights, crops=crops)
     from ..eval_db import check_metrics_fit
 

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, VersionOpt, build_metrics,
-                     emit_json, err_console, progress_bar)
+from .common import (BackboneWeightsOpt, CheckpointOpt, DestandardiseOpt, DeviceOpt, JsonOpt, NetOpt, OrderOpt,
+                     SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
 
 
 def score_pair(
@@ -22,6 +22,10 @@ def score_pair(
     version: Optional[str] = VersionOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     backbone_weights: Optional[Path] = BackboneWeightsOpt,
+    order: Optional[str] = OrderOpt,
+    small: Optional[str] = SmallOpt,
+    tta: Optional[bool] = TtaOpt,
+    destandardise: Optional[str] = DestandardiseOpt,
     all_pairs: bool = typer.Option(False, "--all-pairs", help="Score every pair of images inside the one folder REF."),
     skip_unmatched: bool = typer.Option(False, "--skip-unmatched",
                                         help="Score matched pairs even when some files have no partner."),
@@ -79,7 +83,8 @@ def score_pair(
     sizes = check_sizes(plan, resize)  # fail on size mismatches before loading any model
     map_names = dict(zip(plan.pairs, heatmap_names(plan, ref, all_pairs))) if spatial_dir is not None else {}
     models = build_metrics(metric, kind="fr", net=net, version=version, checkpoint=checkpoint,
-                           backbone_weights=backbone_weights, device=device)
+                           backbone_weights=backbone_weights, order=order, small=small, tta=tta,
+                           destandardise=destandardise, device=device)
 
     def map_path(ref_file: Path, dist_file: Path) -> Path:
         if spatial_map is not None:
