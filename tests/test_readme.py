@@ -84,6 +84,7 @@ def make_workdir(root: Path) -> Path:
     import torch
 
     from bapps_fixtures import make_bapps_tree
+    from db_fixtures import make_tid
     from conftest import SHARED_EXAMPLES, save_png
     from mesh_fixtures import make_render_db, textured_object
     from test_original_checkpoints import original_network
@@ -105,7 +106,24 @@ def make_workdir(root: Path) -> Path:
     val = ["val/traditional", "val/cnn", "val/superres", "val/deblur", "val/color", "val/frameinterp"]
     make_bapps_tree(root / "dataset", {"2afc": val + ["train/traditional", "train/cnn", "train/mix"],
                                        "jnd": ["val/traditional", "val/cnn"]}, n=3)
+    make_tid(root / "tid2013", n_refs=4, types=(1, 8, 10), levels=(1, 3, 5))  # TID2013's layout, tiny images
+    photos(root / "photos")
     return root
+
+
+def photos(root: Path) -> None:
+    """Crops of real photographs, large enough for NIQE's 96x96 blocks, two of them blurred."""
+    import numpy as np
+    from scipy import ndimage
+    from skimage import data
+
+    from conftest import save_png
+
+    for name in ("astronaut", "coffee", "chelsea"):
+        image = getattr(data, name)()[:192, :256]
+        save_png(root / f"{name}.png", image)
+    blurred = ndimage.gaussian_filter(data.astronaut()[:192, :256].astype(float), (2.5, 2.5, 0))
+    save_png(root / "astronaut_blur.png", blurred.clip(0, 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="module")

@@ -157,8 +157,8 @@ def _write_csv(path: Path, result) -> None:
 def _ci(m, key: str) -> str:
     lo, hi = m.ci.get(key, (None, None))
     value = m.point.get(key)
-    text = f"{value:.4f}"
-    return text if lo is None else f"{text} [{lo:.3f}, {hi:.3f}]"
+    text = f"{value:.3f}"
+    return text if lo is None else f"{text} [{lo:.2f}, {hi:.2f}]"
 
 
 def _print(result) -> None:
@@ -174,9 +174,10 @@ def _print(result) -> None:
         return
     interval = f", {int(r.level * 100)}% bootstrap interval over {r.n_boot} resampled {r.resampling}s" if r.n_boot else ""
     title = f"{t.database}: {len(t)} images, {t.score_name} ({direction} = better){interval}"
-    table = Table(title=title, caption="scores aligned with the human score: correlations read higher = better")
+    table = Table(title=title, caption="(-): the metric's scores are negated to point like the human score, so every "
+                  "correlation reads higher = better")
     for col in ("metric", "n", "SROCC", "KROCC", "PLCC", "RMSE"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "metric")
     for name, m in r.metrics.items():
         flipped = " (-)" if m.sign < 0 else ""
         table.add_row(name + flipped, str(m.n), _ci(m, "srocc"), _ci(m, "krocc"), _ci(m, "plcc"), _ci(m, "rmse"))
