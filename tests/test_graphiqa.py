@@ -304,8 +304,8 @@ def test_images_smaller_than_a_crop_are_refused_in_one_line(base_model):
     with pytest.raises(InvalidInputError, match=r"^small.png: 100x300 pixels"):
         GraphIQAScorer(base_model).check_size((300, 100), "small.png")
     assert GraphIQAScorer(base_model)(torch.rand(0, 3, 230, 230)).shape == (0,)
-    with pytest.raises(InvalidInputError, match=r"\(N,3,H,W\)"):
-        GraphIQAScorer(base_model)(torch.rand(3, 224, 224))
+    with pytest.raises(InvalidInputError, match=r"\(3, H, W\) or \(N, 3, H, W\)"):
+        GraphIQAScorer(base_model)(torch.rand(2, 4, 224, 224))  # (3, H, W) alone is one image: a batch of one
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
