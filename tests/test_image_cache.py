@@ -185,12 +185,12 @@ def test_cli_builds_the_cache_and_says_which_format(cli, tmp_path):
 
 
 def test_cli_errors(cli, tmp_path):
-    fx = make_kadid(tmp_path / "kadid", refs=("I01",), types=(1,), levels=(1,))
-    out = tmp_path / "k.h5"
+    fx = make_kadid(tmp_path / "dbs" / "kadid", refs=("I01",), types=(1,), levels=(1,))
+    out = tmp_path / "k.h5"  # outside the inputs: an output inside an input folder is refused first
     result = cli("patchify", "--from-db", fx.root, "--format", "tid2099", "--out", out)
     assert result.exit_code == 1 and "unknown database format 'tid2099'" in result.stderr
     assert result.stderr.count("\n") == 1
-    result = cli("patchify", "--from-db", tmp_path, "--out", out)
+    result = cli("patchify", "--from-db", tmp_path / "dbs", "--out", out)
     assert result.exit_code == 1 and "kadid/ inside it holds kadid10k" in result.stderr
     result = cli("patchify", "--from-db", fx.root, "--db", tmp_path / "DB.csv", "--out", out)
     assert result.exit_code == 2 and "--db do not apply to --from-db" in result.stderr

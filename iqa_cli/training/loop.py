@@ -627,13 +627,18 @@ def _gather_items(x: torch.Tensor, shard: Shard) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _reported(path: Path) -> Iterator[None]:
-    """An OSError while writing ``path`` (disk full, read-only) as one line naming ``path``."""
+    """A failed write of ``path`` (disk full, read-only) as the shared one-line WriteError naming
+    ``path`` (io/files.write_failure), with what a training run can do about it."""
+    from ..errors import WriteError
+    from ..io.files import write_failure
+
     try:
         yield
     except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise IQAError(f"{path}: cannot be written: {reason} (free some space or choose another --checkpoints-dir; "
-                       f"--resume continues from the last epoch saved)") from None
+        error = exc if isinstance(exc, WriteError) else write_failure(path, exc, "it")
+        if error is None:
+            raise
+        raise WriteError(f"{error}; --resume continues from the last epoch saved") from None
 
 
 def write_checkpoint(path: Path, payload: dict) -> Path:
