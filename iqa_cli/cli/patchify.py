@@ -45,8 +45,10 @@ def patchify(
     \b
     Examples:
       iqa patchify renders/ --db DB.csv --out store.h5 --counts-csv counts.csv
-      iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 --stride 32 --background 255,255,255
-      iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
+      iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 \\
+          --stride 32 --background 255,255,255
+      iqa patchify --from-patches published_patches/ --db TestList.csv \\
+          --out store.h5
     """
     from ..datasets.mesh_db import plan_patchify, run_patchify, write_counts_csv
     from ..errors import InvalidInputError
