@@ -42,7 +42,8 @@ def distortions(img: torch.Tensor) -> list[torch.Tensor]:
 PHOTOS = [("astronaut", None, None, 1),  # 512x512: ssim.m downsamples by 2
           ("coffee", 389, 517, 1),  # odd sizes
           ("chelsea", 97, 131, 1),  # small: no downsampling
-          ("rocket", 331, 401, 2)]  # 662x802: downsampling by 3 (where piq's own pooling differs)
+          ("rocket", 331, 401, 2),  # 662x802: downsampling by 3 (where piq's own pooling differs)
+          ("rocket", 320, 400, 2)]  # 640x800: MATLAB's round(2.5) is 3, Python's 2
 
 
 def np_luma(x: torch.Tensor) -> np.ndarray:
@@ -51,7 +52,7 @@ def np_luma(x: torch.Tensor) -> np.ndarray:
 
 def reference_downsample(y: np.ndarray) -> np.ndarray:
     """ssim.m: imfilter(img, ones(f)/f^2, 'symmetric', 'same') then img(1:f:end, 1:f:end)."""
-    f = max(1, round(min(y.shape) / 256))
+    f = max(1, int(np.floor(min(y.shape) / 256 + 0.5)))  # MATLAB's round: halves away from zero
     if f == 1:
         return y
     # scipy's 'reflect' repeats the edge (MATLAB 'symmetric'); the origin puts an even window at

@@ -9,21 +9,20 @@ import warnings
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from typer.core import TyperGroup
-
 from ..errors import IQAError
-from .common import TYPER_SETTINGS
+from .common import TYPER_SETTINGS, HelpGroup
 
 
 def _usage_error(exc, fallback: str = "iqa") -> typer.Exit:
     """A usage error (unknown option, bad option value, missing argument) as one red line, exit 2;
-    the no-arguments help screen is not an error and is shown as typer shows it."""
+    a group called with no arguments prints its help on stdout (exit 2), as it always has."""
     from rich.text import Text
 
     from .common import err_console
 
     if isinstance(exc, NoArgsIsHelpError):
-        raise exc
+        typer.echo(exc.format_message())
+        return typer.Exit(exc.exit_code)
     processes = _processes()
     if processes is not None and processes.launcher_rank() != 0:  # every process has the same arguments
         return typer.Exit(exc.exit_code)
@@ -92,7 +91,7 @@ def _report(message: str, processes) -> None:
     console.print(Text("error: ", style="bold red") + Text(message))
 
 
-class IQAGroup(TyperGroup):
+class IQAGroup(HelpGroup):
     """Turns every IQAError (and OS-level failures) into one red line on stderr and exit 1, and every
     usage error into one red line and exit 2."""
 
@@ -162,7 +161,6 @@ def _warning_printer(python_showwarning):
 
 app = typer.Typer(
     name="iqa",
-    cls=IQAGroup,
     help="Perceptual image quality: LPIPS and Graphics-LPIPS distances, mesh-quality databases, "
          "BAPPS benchmark protocols and training.\n\n"
          "\b\nExamples:\n"
@@ -172,7 +170,7 @@ app = typer.Typer(
          "  iqa train store.h5 --name demo --nepoch 5 --nepoch_decay 5\n"
          "  iqa eval-bapps 2afc dataset/ --model l2\n\n"
          "'iqa COMMAND --help' shows a command's options and more examples.",
-    **TYPER_SETTINGS,
+    **{**TYPER_SETTINGS, "cls": IQAGroup},
 )
 
 

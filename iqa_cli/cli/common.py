@@ -10,16 +10,33 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-# Settings of every Typer app (the root and its sub-command groups).
-TYPER_SETTINGS = dict(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                      context_settings={"help_option_names": ["-h", "--help"]})
+
+
+class HelpGroup(TyperGroup):
+    """A command group whose listing gives each sub-command's whole first sentence, wrapped, where
+    click cuts it to what fits on one line and ends it with '...'."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=10_000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# Settings of every Typer app (the root and its sub-command groups). Help is click's plain layout
+# (rich_markup_mode=None): it wraps option names and sentences to the terminal, where typer's rich
+# panels cut long option names and help to fit 80 columns ('--backbone-weigh…'); tests/test_cli_help.py
+# checks every screen at 80 columns.
+TYPER_SETTINGS = dict(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                      cls=HelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 
 # -- options shared by every command (same name, same meaning) ----------------------------------
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K", show_default=True)

@@ -120,7 +120,8 @@ def eval_2afc(
     Examples:
       iqa eval-bapps 2afc dataset/
       iqa eval-bapps 2afc dataset/ --datasets val/traditional val/cnn --net vgg
-      iqa eval-bapps 2afc dataset/ --model ssim --colorspace RGB --limit 200 --out items.csv
+      iqa eval-bapps 2afc dataset/ --model ssim --colorspace RGB --limit 200 \\
+          --out items.csv
     """
     _run("2afc", root, datasets, model, net, version, checkpoint, backbone_weights, colorspace, batch_size,
          device, limit, out, as_json)
@@ -147,7 +148,8 @@ def eval_jnd(
     \b
     Examples:
       iqa eval-jnd dataset/
-      iqa eval-bapps jnd dataset/ --datasets val/cnn --model l2 --colorspace Lab --json
+      iqa eval-bapps jnd dataset/ --datasets val/cnn --model l2 \\
+          --colorspace Lab --json
     """
     _run("jnd", root, datasets, model, net, version, checkpoint, backbone_weights, colorspace, batch_size,
          device, limit, out, as_json)

@@ -66,10 +66,13 @@ def patchify(
     \b
     Examples:
       iqa patchify renders/ --db DB.csv --out store.h5 --counts-csv counts.csv
-      iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 --stride 32 --background 255,255,255
-      iqa patchify --from-patches published_patches/ --db TestList.csv --out store.h5
+      iqa patchify renders/ --db DB.csv --out store.h5 --patch-size 64 \\
+          --stride 32 --background 255,255,255
+      iqa patchify --from-patches published_patches/ --db TestList.csv \\
+          --out store.h5
       iqa patchify --from-db tid2013/ --format tid2013 --out tid2013.h5
-      iqa patchify --pristine photos/ --out pristine.h5 --sharpness 0.75 --colourfulness 0.80
+      iqa patchify --pristine photos/ --out pristine.h5 --sharpness 0.75 \\
+          --colourfulness 0.80
     """
     from typer._click.exceptions import UsageError
 

@@ -36,8 +36,10 @@ def score_image(
     Examples:
       iqa score-image photo.jpg
       iqa score-image photos/ --out niqe.csv
-      iqa score-image photos/ -m grepq --low-level-weights grepq_low.tar --pristine pristine.h5
-      iqa score-image photos/ -m graphiqa --checkpoint runs/graphiqa/latest.pth --crops 25 --json
+      iqa score-image photos/ -m grepq --low-level-weights grepq_low.tar \\
+          --pristine pristine.h5
+      iqa score-image photos/ -m graphiqa --crops 25 --json \\
+          --checkpoint runs/graphiqa/latest.pth
     """
     from ..io.files import check_output_paths
     from ..score_images import plan_images, score_images

@@ -40,7 +40,8 @@ def score_mesh_db(
 
     \b
     Examples:
-      iqa score-mesh-db store.h5 --checkpoint graphics_lpips.pth --out scores.csv --plot fit.png
+      iqa score-mesh-db store.h5 --checkpoint graphics_lpips.pth \\
+          --out scores.csv --plot fit.png
       iqa score-mesh-db store.h5 --net vgg --json
     """
     from ..errors import InvalidInputError

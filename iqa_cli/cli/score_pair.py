@@ -56,7 +56,7 @@ def score_pair(
       iqa score-pair ref.png dist.png
       iqa score-pair ref.png dist.png --metric lpips --metric ssim --metric psnr
       iqa score-pair ref.png dist.png --net vgg --spatial-map heat.png --vmax 0.5
-      iqa score-pair refs/ dists/ --metric lpips,ssim --out scores.csv   # matched by path
+      iqa score-pair refs/ dists/ -m lpips,ssim --out scores.csv  # pairs by path
       iqa score-pair frames/ --all-pairs --json
       iqa score-pair ref.png dist.png --checkpoint graphics_lpips.pth
     """

@@ -111,11 +111,14 @@ def train(
 
     \b
     Examples:
-      iqa train db.h5 --name glpips --nInputImg 4 --npatches 150 --nepoch 5 --nepoch_decay 5
+      iqa train db.h5 --name glpips --nInputImg 4 --npatches 150 --nepoch 5 \\
+          --nepoch_decay 5
       iqa train db.h5 --name glpips_rank --loss mse+rank --split 0.8 --seed 1
       iqa train db.h5 --name glpips --resume                     # after Ctrl-C
-      iqa train --bapps dataset/ --datasets train/traditional train/cnn train/mix --head lpips --name lpips_alex
-      torchrun --nproc_per_node 4 -m iqa_cli train db.h5 --name glpips --seed 1   # 4 GPUs, same result
+      iqa train --bapps dataset/ --head lpips --name lpips_alex \\
+          --datasets train/traditional train/cnn train/mix
+      torchrun --nproc_per_node 4 -m iqa_cli train db.h5 --name glpips \\
+          --seed 1                          # 4 GPUs, same result
     """
     from ..errors import InvalidInputError
     from ..training import BAPPS_TRAIN_SETS, TrainConfig
