@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .stats.ridge import DEFAULT_FOLDS, RIDGE_ALPHAS, RidgeModel, fit_ridge_cv
-from .training.grepq_common import Stages, check_positive_int, check_run_name, no_stages
+from .training.grepq_common import RunConfig, Stages, check_positive_int, check_run_name, no_stages
 
 METHOD = "grepq-ridge"
 FEATURE_PURPOSE = "grepq-features"
@@ -51,7 +50,7 @@ SPLIT_COLUMNS = ("repeat", "n_train", "n_test", "alpha", "srocc", "plcc", "krocc
 
 
 @dataclass(frozen=True)
-class GRepQRidgeConfig:
+class GRepQRidgeConfig(RunConfig):
     """Everything a grepq-ridge run depends on. Files go to ``checkpoints_dir/name/``.
 
     repeats, train_fraction   the random splits (ignored for databases with an official split)
@@ -60,6 +59,10 @@ class GRepQRidgeConfig:
     feature_cache             the feature cache (None: beside the image cache, under cache_dir())
     short_side                resize before extracting (None: the database's protocol, 0: full size)
     """
+
+    method = METHOD
+    path_fields = ("root", "checkpoints_dir", "cache", "feature_cache", "low_level_weights", "clip_weights",
+                   "clip_visual_weights")
 
     name: str
     root: str
@@ -83,19 +86,8 @@ class GRepQRidgeConfig:
     short_side: int | None = None
 
     def __post_init__(self) -> None:
-        for key in ("root", "checkpoints_dir", "cache", "feature_cache", "low_level_weights", "clip_weights",
-                    "clip_visual_weights"):
-            value = getattr(self, key)
-            if isinstance(value, os.PathLike):
-                object.__setattr__(self, key, str(value))
+        super().__post_init__()
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.checkpoints_dir) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "alphas": list(self.alphas), "method": METHOD}
 
 
 def validate_ridge_config(cfg: GRepQRidgeConfig) -> GRepQRidgeConfig:

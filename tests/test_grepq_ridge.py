@@ -19,6 +19,7 @@ from iqa_cli.grepq_ridge import evaluate_ridge, fit_final_model
 from iqa_cli.io.store import ArrayCache
 from iqa_cli.models.grepq import LowLevelEncoder
 from iqa_cli.stats import ridge as ridge_module
+from test_grepq_train import one_line, photo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,15 +121,6 @@ def test_array_cache(tmp_path):
 # end to end on a tiny database
 # ---------------------------------------------------------------------------------------------
 
-def _photo(name: str, hw=(48, 64)) -> np.ndarray:
-    from PIL import Image
-    from skimage import data
-
-    x = getattr(data, name)()
-    x = np.dstack([x] * 3) if x.ndim == 2 else x[..., :3]
-    return np.asarray(Image.fromarray(x).resize((hw[1], hw[0]), Image.BOX))
-
-
 @pytest.fixture(scope="module")
 def scored_db(tmp_path_factory):
     """A KADID-layout database from iqa distort (blur and noise, 3 levels) with a dmos.csv whose
@@ -138,7 +130,7 @@ def scored_db(tmp_path_factory):
     root = tmp_path_factory.mktemp("ridge")
     src = root / "photos"
     for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "immunohistochemistry", "coins"):
-        save_png(src / f"{name}.png", _photo(name))
+        save_png(src / f"{name}.png", photo(name, (48, 64)))
     db = root / "db"
     distort_images([src], db, types=[1, 11], levels=[1, 3, 5], seed=0, workers=1)
     rng = np.random.default_rng(0)
@@ -194,6 +186,8 @@ def test_ridge_command_caches_features_and_saves_a_scoring_model(cli, scored_db,
         expected = encoder.eval()(image).double() @ saved["coef"] + saved["intercept"]
     torch.testing.assert_close(metric(image).double(), expected, rtol=1e-5, atol=1e-5)
 
+    with pytest.raises(WeightsError, match="not a GRepQ ridge model"):
+        load_grepq_ridge(low)
     torch.manual_seed(4)
     other = tmp_path / "other.pth"
     torch.save({"state_dict": LowLevelEncoder().state_dict()}, other)
@@ -201,23 +195,15 @@ def test_ridge_command_caches_features_and_saves_a_scoring_model(cli, scored_db,
         load_grepq_ridge(ck / "r1" / "ridge.pth", low_level_weights=other)
 
 
-def _one_line(result, *needles):
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_ridge_bad_input_is_one_line(cli, scored_db, tmp_path):
     db, low, root = scored_db
     ck = tmp_path / "ck"
     wrong = tmp_path / "wrong.pth"
     torch.save({"state_dict": torch.nn.Linear(3, 2).state_dict()}, wrong)  # another architecture
-    _one_line(cli(*_ridge_args(db, wrong, ck, "w")), "wrong.pth does not fit this model", "missing keys")
-    _one_line(cli("train", db, "--method", "grepq-ridge", "--name", "n", "--checkpoints-dir", ck),
+    one_line(cli(*_ridge_args(db, wrong, ck, "w")), "wrong.pth does not fit this model", "missing keys")
+    one_line(cli("train", db, "--method", "grepq-ridge", "--name", "n", "--checkpoints-dir", ck),
               "needs the low-level encoder", "--low-level-weights")
-    _one_line(cli(*_ridge_args(db, low, ck, "v", "--versions", "3")),
+    one_line(cli(*_ridge_args(db, low, ck, "v", "--versions", "3")),
               "--versions does not apply to --method grepq-ridge")
 
     listing_only = tmp_path / "unscored"
@@ -225,7 +211,7 @@ def test_ridge_bad_input_is_one_line(cli, scored_db, tmp_path):
     for f in (db / "images").iterdir():
         (listing_only / "images" / f.name).write_bytes(f.read_bytes())
     (listing_only / "listing.csv").write_bytes((db / "listing.csv").read_bytes())
-    _one_line(cli(*_ridge_args(listing_only, low, ck, "u", "--format", "kadid10k")), "no human scores")
+    one_line(cli(*_ridge_args(listing_only, low, ck, "u", "--format", "kadid10k")), "no human scores")
 
     tiny = tmp_path / "tiny"
     with open(db / "dmos.csv", newline="") as fh:
@@ -235,5 +221,5 @@ def test_ridge_bad_input_is_one_line(cli, scored_db, tmp_path):
         for name in (row["dist_img"], row["ref_img"]):
             save_png(tiny / "images" / name, np.full((24, 30, 3), 90 + len(name), np.uint8))
     (tiny / "dmos.csv").write_bytes((db / "dmos.csv").read_bytes())
-    _one_line(cli(*_ridge_args(tiny, low, ck, "t", "--no-cache")), "is 30x24", "at least 32x32")
+    one_line(cli(*_ridge_args(tiny, low, ck, "t", "--no-cache")), "is 30x24", "at least 32x32")
     assert not (ck / "t" / "ridge.pth").exists()

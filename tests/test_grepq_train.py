@@ -296,16 +296,39 @@ def test_grepq_high_lowers_the_group_loss_and_trains_the_head(clip_file, pristin
 
     images = torch.from_numpy(np.stack([centre_crop(p, 64) for p in sorted(pristine_folder.iterdir())]))
     images = images.permute(0, 3, 1, 2)
-    before = group_loss_of(start.train(), head0, images, group_size=4)  # (train mode: batch statistics)
-    after = group_loss_of(tuned.train(), head1, images, group_size=4)
+    before = group_loss_of(copy.deepcopy(start).train(), head0, images, group_size=4)  # train mode: batch stats
+    after = group_loss_of(copy.deepcopy(tuned).train(), head1, images, group_size=4)
     assert after < before - 0.05, (before, after)
+
+    # the tuned tower in ridge mode: 1152-d features, a saved model that finds its encoders again
+    from iqa_cli.grepq_ridge import GRepQRidgeConfig, fit_grepq_ridge
+    from iqa_cli.models.grepq import GRepQFeatures
+    from iqa_cli.models.grepq_ridge import load_grepq_ridge
+
+    for k, crop in enumerate(images):  # a small scored database of the 64x64 crops
+        save_png(tmp_path / "db" / f"c{k:02d}.png", crop.permute(1, 2, 0).numpy())
+    (tmp_path / "db" / "db.csv").write_text("image,score\n" + "".join(f"c{k:02d}.png,{k % 5}\n" for k in range(16)))
+    low = tmp_path / "low.pth"
+    torch.save({"state_dict": initial_encoder().state_dict()}, low)
+    report = fit_grepq_ridge(GRepQRidgeConfig(
+        name="ridge", root=str(tmp_path / "db"), format="csv", checkpoints_dir=str(tmp_path),
+        low_level_weights=str(low), clip_weights=str(result.checkpoint), repeats=2, train_fraction=0.75, folds=3,
+        device="cpu", num_workers=0, no_cache=True, feature_cache=str(tmp_path / "features.h5")))
+    assert (report.mode, report.dim, report.protocol, len(report.splits)) == ("low+high", 1152, "image", 2)
+    metric = load_grepq_ridge(report.model_path)
+    assert metric.extractor.mode == "low+high"
+    x = images[:2].float() / 255
+    with torch.no_grad():
+        features = GRepQFeatures(load_low_level_encoder(low), tuned.eval()).features(x).double()
+    torch.testing.assert_close(metric(x).double(), features @ metric.coef + metric.intercept, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
 
-def _one_line(result, *needles):
+def one_line(result, *needles):
+    """Exit code 1 and exactly one stderr line holding every needle, no traceback."""
     assert result.exit_code == 1, result.output
     lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
@@ -317,28 +340,28 @@ def _one_line(result, *needles):
 def test_bad_input_is_one_line(cli, photos, tmp_path):
     ck = ["--checkpoints-dir", tmp_path / "ck", "--device", "cpu"]
     high = ["train", photos["pristine"], "--method", "grepq-high", "--name", "h", *ck]
-    _one_line(cli(*high), "fine-tunes CLIP RN50: pass --clip-weights PATH", "nothing is downloaded")
-    _one_line(cli(*high, "--clip-weights", tmp_path / "RN50.pt"), "4 pristine image(s)", "needs at least 16")
-    _one_line(cli(*high, "--clip-weights", tmp_path / "RN50.pt", "--group-size", "2"),
+    one_line(cli(*high), "fine-tunes CLIP RN50: pass --clip-weights PATH", "nothing is downloaded")
+    one_line(cli(*high, "--clip-weights", tmp_path / "RN50.pt"), "4 pristine image(s)", "needs at least 16")
+    one_line(cli(*high, "--clip-weights", tmp_path / "RN50.pt", "--group-size", "2"),
               "RN50.pt: no such file for clip_weights")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line(cli("train", empty, "--method", "grepq-high", "--name", "h", "--clip-weights", photos["fsim"], *ck),
+    one_line(cli("train", empty, "--method", "grepq-high", "--name", "h", "--clip-weights", photos["fsim"], *ck),
               "no image files")
-    _one_line(cli(*high, "--clip-weights", photos["fsim"], "--group-size", "8", "--batch-size", "8"),
+    one_line(cli(*high, "--clip-weights", photos["fsim"], "--group-size", "8", "--batch-size", "8"),
               "--group-size 8 needs batches of at least 16")
-    _one_line(cli(*high, "--versions", "3"), "--versions does not apply to --method grepq-high")
+    one_line(cli(*high, "--versions", "3"), "--versions does not apply to --method grepq-high")
 
     low = ["train", photos["train"], "--method", "grepq-low", "--name", "l", *ck, "--fsim-cache", tmp_path / "f.h5"]
-    _one_line(cli(*low, "--versions", "11"), "fewer than 10 distorted versions", "lower --versions")
-    _one_line(cli(*low, "--clip-weights", photos["fsim"]), "--clip-weights does not apply to --method grepq-low")
-    _one_line(cli("train", photos["train"], "--name", "m", "--versions", "3", *ck),
+    one_line(cli(*low, "--versions", "11"), "fewer than 10 distorted versions", "lower --versions")
+    one_line(cli(*low, "--clip-weights", photos["fsim"]), "--clip-weights does not apply to --method grepq-low")
+    one_line(cli("train", photos["train"], "--name", "m", "--versions", "3", *ck),
               "--versions applies to the grepq methods")
     nr = tmp_path / "nr"
     for name in ("a", "b"):
         save_png(nr / f"{name}.png", photo("coffee", (40, 50)))
     (nr / "scores.csv").write_text("image,score\na.png,3.1\nb.png,4.0\n")
-    _one_line(cli("train", nr, "--method", "grepq-low", "--format", "csv", "--name", "l", *ck),
+    one_line(cli("train", nr, "--method", "grepq-low", "--format", "csv", "--name", "l", *ck),
               "has no reference images", "iqa distort")
     # a checkpoint of another architecture where a grepq-low run resumes
     run = tmp_path / "ck" / "l"
@@ -351,4 +374,4 @@ def test_bad_input_is_one_line(cli, photos, tmp_path):
                run / "latest.pth")
     resume = ["train", photos["train"], "--method", "grepq-low", "--name", "l", *ck, "--versions", "3", "--seed", "0",
               "--resume", "--fsim-cache", photos["fsim"], "--cache", photos["root"] / "images.h5"]
-    _one_line(cli(*resume), "does not fit this model", "missing keys")
+    one_line(cli(*resume), "does not fit this model", "missing keys")

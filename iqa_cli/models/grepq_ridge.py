@@ -27,8 +27,7 @@ from .base import QualityMetric
 from .grepq import (CLIP_DIM, LOW_LEVEL_DIM, MODE_BOTH, MODE_LOW_ONLY, HighLevelEncoder, LowLevelEncoder,
                     load_high_level_encoder, load_low_level_encoder)
 
-RIDGE_FORMAT = "iqa-grepq-ridge"
-RIDGE_FORMAT_VERSION = 1
+RIDGE_FAMILY = "grepq-ridge"  # the file is the project's checkpoint format (weights.CHECKPOINT_FORMAT) of this family
 MIN_SIDE = 32  # CLIP RN50 downsamples by 32; the extractor refuses smaller images for both modes alike
 
 
@@ -114,8 +113,13 @@ class GRepQRidge(QualityMetric):
 def ridge_payload(coef: np.ndarray, intercept: float, alpha: float, extractor: GRepQFeatureExtractor,
                   sources: dict[str, str | None], hashes: dict[str, str | None], table, extra: dict | None = None
                   ) -> dict[str, Any]:
-    """What ``ridge.pth`` holds (plain tensors and strings: torch.load(weights_only=True) reads it)."""
-    return {"format": RIDGE_FORMAT, "format_version": RIDGE_FORMAT_VERSION, "mode": extractor.mode,
+    """What ``ridge.pth`` holds (plain tensors and strings: torch.load(weights_only=True) reads it). It
+    is the project's checkpoint format with ``family`` "grepq-ridge", so a ``--checkpoint`` that
+    names it selects the grepq-ridge metric."""
+    from ..weights import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
+
+    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": RIDGE_FAMILY,
+            "mode": extractor.mode,
             "coef": torch.as_tensor(np.asarray(coef, dtype=np.float64)), "intercept": float(intercept),
             "alpha": float(alpha), "sources": dict(sources), "hashes": dict(hashes), "database": table.database,
             "root": str(table.root), "score_name": table.score_name, "higher_better": bool(table.higher_better),
@@ -134,11 +138,12 @@ def load_grepq_ridge(checkpoint: str | Path, low_level_weights: str | Path | Non
                      ) -> GRepQRidge:
     """The ridge model of ``checkpoint`` with its encoders, from the files given or else the files
     recorded in it; their weights must hash as they did when the model was fitted."""
-    from ..weights import read_state_file
+    from ..weights import CHECKPOINT_FORMAT, read_state_file
 
     path = Path(checkpoint)
     raw = read_state_file(path)
-    if not isinstance(raw, dict) or raw.get("format") != RIDGE_FORMAT or not torch.is_tensor(raw.get("coef")):
+    ours = isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT and raw.get("family") == RIDGE_FAMILY
+    if not ours or not torch.is_tensor(raw.get("coef")):
         raise WeightsError(f"{path}: not a GRepQ ridge model (expected the ridge.pth written by 'iqa train --method "
                            f"grepq-ridge')")
     sources, hashes = dict(raw.get("sources") or {}), dict(raw.get("hashes") or {})

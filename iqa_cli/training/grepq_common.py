@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ClassVar, ContextManager, Iterator
 
 import numpy as np
 
@@ -25,6 +27,27 @@ Stages = Callable[[str, int, str], ContextManager[Advance]]
 def no_stages(description: str, total: int, unit: str) -> Iterator[Advance]:
     """The default ``stages``: report nothing."""
     yield lambda n=1, postfix=None: None
+
+
+class RunConfig:
+    """What the GRepQ configs (frozen dataclasses with ``name`` and ``checkpoints_dir``) share:
+    path-like fields stored as strings, the run folder, and ``to_dict`` with the method."""
+
+    method: ClassVar[str] = ""
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for key in self.path_fields:
+            value = getattr(self, key)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, key, str(value))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoints_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "method": self.method, "mode": self.method}
 
 
 def check_run_name(name: str) -> None:

@@ -25,8 +25,7 @@ as the grepq metric's ``--clip-weights`` (prompts included) or ``--clip-visual-w
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +35,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, WeightsError
 from ..losses.grepq import HighLevelRecipeDefaults, group_contrastive_loss
-from .grepq_common import (Stages, check_positive_float, check_positive_int, check_run_name, no_stages, resolve_seed,
+from .grepq_common import (RunConfig, Stages, check_positive_float, check_positive_int, check_run_name, no_stages, resolve_seed,
                            warmup_lr)
 from .loop import LoopSettings, Recipe, RunContext, Shard, TrainResult, run
 from .perceptual import seeded_rng
@@ -49,7 +48,7 @@ _DEFAULTS = HighLevelRecipeDefaults()
 
 
 @dataclass(frozen=True)
-class GRepQHighConfig:
+class GRepQHighConfig(RunConfig):
     """Everything a grepq-high run depends on.
 
     root            a folder of pristine images (searched recursively)
@@ -60,6 +59,9 @@ class GRepQHighConfig:
     lr, warmup_epochs, epochs   Adam at lr after a linear warm-up (fractions of epochs allowed)
     crop            shorter side resized to it, then a centre crop of crop x crop
     """
+
+    method = METHOD
+    path_fields = ("root", "checkpoints_dir", "clip_weights")
 
     name: str
     root: str
@@ -78,18 +80,6 @@ class GRepQHighConfig:
     resume: bool = False
     stop_after_epoch: int | None = None
 
-    def __post_init__(self) -> None:
-        for key in ("root", "checkpoints_dir", "clip_weights"):
-            value = getattr(self, key)
-            if isinstance(value, os.PathLike):
-                object.__setattr__(self, key, str(value))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.checkpoints_dir) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "method": METHOD, "mode": METHOD}
 
 
 RESUME_KEYS = ("mode", "batch_size", "group_size", "temperature", "lr", "warmup_epochs", "crop", "seed")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, WeightsError
 from ..losses.grepq import QACL_TEMPERATURE, LowLevelRecipeDefaults, qacl_loss
-from .grepq_common import (Stages, check_positive_float, check_positive_int, check_run_name, cosine_lr, no_stages,
+from .grepq_common import (RunConfig, Stages, check_positive_float, check_positive_int, check_run_name, cosine_lr, no_stages,
                            resolve_seed)
 from .loop import Curves, LoopSettings, Recipe, RunContext, Shard, TrainResult, run
 from .perceptual import seeded_rng
@@ -61,7 +61,7 @@ _DEFAULTS = LowLevelRecipeDefaults()
 
 
 @dataclass(frozen=True)
-class GRepQLowConfig:
+class GRepQLowConfig(RunConfig):
     """Everything a grepq-low run depends on.
 
     root, format, db_options   the database (``read_database(root, format, **db_options)``); it must
@@ -76,6 +76,9 @@ class GRepQLowConfig:
     seed                       None: random, recorded in the checkpoint (and reused by resume)
     stop_after_epoch           stop once this epoch has completed (a test hook)
     """
+
+    method = METHOD
+    path_fields = ("root", "checkpoints_dir", "cache", "fsim_cache")
 
     name: str
     root: str
@@ -101,18 +104,6 @@ class GRepQLowConfig:
     resume: bool = False
     stop_after_epoch: int | None = None
 
-    def __post_init__(self) -> None:
-        for key in ("root", "checkpoints_dir", "cache", "fsim_cache"):
-            value = getattr(self, key)
-            if isinstance(value, os.PathLike):
-                object.__setattr__(self, key, str(value))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.checkpoints_dir) / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "method": METHOD, "mode": METHOD}
 
 
 RESUME_KEYS = ("mode", "versions", "batch_size", "lr", "weight_decay", "min_lr", "temperature", "fragment_grid",
