@@ -316,14 +316,14 @@ class LowLevelRecipe(Recipe):
         missing = [i for i, key in enumerate(keys) if key not in hits]
         work = shard_work(len(missing))
         mine: list[np.ndarray] = []
-        with self.stages("FSIM similarities", len(missing), "contents") as advance:
-            advance = work.progress(advance)
-            for j in work.mine:
-                i = missing[j]
-                local: dict[str, np.ndarray] = {}
-                mine.append(cached_fsim_matrix(local, keys[i], lambda: self.read_versions(self.contents[i]), v))
-                if advance is not None:
-                    advance(1)
+        if missing:
+            with self.stages("FSIM similarities", len(missing), "contents") as advance:
+                advance = work.progress(advance)
+                for j in work.mine:
+                    i = missing[j]
+                    mine.append(cached_fsim_matrix({}, keys[i], lambda: self.read_versions(self.contents[i]), v))
+                    if advance is not None:
+                        advance(1)
         computed = dict(zip((keys[i] for i in missing), work.gather(mine)))
         if computed and is_main_process():
             cache.write(computed)  # a cache that cannot be written only costs the next run the time
