@@ -127,7 +127,9 @@ def train(
     folds: Optional[int] = grepq.FoldsOpt,
     short_side: Optional[int] = grepq.ShortSideOpt,
 ) -> None:
-    """Train perceptual-metric heads: Graphics-LPIPS from MOS, or LPIPS from BAPPS 2AFC judgments.
+    """Train perceptual-metric heads: Graphics-LPIPS from MOS, or LPIPS from BAPPS 2AFC judgments; or
+    GRepQ's encoders (--method grepq-low | grepq-high) and its data-efficient ridge model
+    (--method grepq-ridge), see docs/grepq.md.
 
     Writes CHECKPOINTS_DIR/NAME/latest.pth, epoch_K.pth, metrics.csv and curves.png; the checkpoints load in score-pair, score-mesh-db and eval-bapps with --checkpoint.
 
