@@ -143,7 +143,8 @@ def score_table(table, metrics: Sequence, store=None, batch_size: int = 32, devi
                 num_workers: int | None = None, advance: Advance | None = None,
                 short_side: int | None = None) -> dict[str, np.ndarray]:
     """Every metric's score of every row, float64 (N,) arrays keyed by metric name, in one pass
-    over the images (see the module docstring). ``store``: an ImageStore of the table (else the
+    over the images (see the module docstring); a "metric" whose ``score`` gives (n, d) rows (a
+    feature extractor, e.g. GRepQ's data-efficient features) gets an (N, d) array. ``store``: an ImageStore of the table (else the
     files are decoded, resized to the table's short side unless ``short_side`` says otherwise)."""
     import torch
 
@@ -177,6 +178,8 @@ def score_table(table, metrics: Sequence, store=None, batch_size: int = 32, devi
     scores = {m.name: np.full(len(table), np.nan) for m in metrics}
     for item, result in zip(items, work.gather(mine)):
         for name, values in result.items():
+            if scores[name].shape[1:] != values.shape[1:]:  # a feature extractor: (n, d) per item
+                scores[name] = np.full((len(table), *values.shape[1:]), np.nan)
             scores[name][list(item.rows)] = values
     return scores
 

@@ -132,15 +132,10 @@ def eval_db(
 
 
 def default_cache_path(table) -> Path:
-    """Where a database's image cache lives when --cache is not given: a per-database file under
-    $IQA_CACHE_DIR (else $XDG_CACHE_HOME/iqa, else ~/.cache/iqa), keyed by format and folder, so
-    nothing is ever written into the database itself."""
-    import hashlib
-    import os
+    """Where a database's image cache lives when --cache is not given (datasets/cache.py)."""
+    from ..datasets.cache import default_cache_path as library_default
 
-    base = os.environ.get("IQA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iqa"
-    key = hashlib.sha1(str(Path(table.root).resolve()).encode()).hexdigest()[:12]
-    return Path(base) / f"{table.database}-{Path(table.root).name}-{key}.h5"
+    return library_default(table)
 
 
 def _write_csv(path: Path, result) -> None:

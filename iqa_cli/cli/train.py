@@ -1,4 +1,5 @@
-"""`iqa train`: learn Graphics-LPIPS heads from MOS (a patch store) or LPIPS heads from BAPPS."""
+"""`iqa train`: learn Graphics-LPIPS heads from MOS (a patch store) or LPIPS heads from BAPPS, train GRepQ's
+encoders, or fit its data-efficient ridge model (the grepq methods live in train_grepq.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from . import train_grepq as grepq
 from .common import BackboneWeightsOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, emit_json, err_console, progress_bar
 
 
@@ -44,11 +46,15 @@ def _split_values(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
 
 
 def train(
-    store: Optional[Path] = typer.Argument(None, help="Patch store with MOS (from iqa patchify). Leave out with --bapps.",
-                                           show_default=False),
+    ctx: typer.Context,
+    store: Optional[Path] = typer.Argument(None, help="Patch store with MOS (from iqa patchify). Leave out with "
+                                           "--bapps. grepq methods: the database (grepq-low: references + distorted "
+                                           "versions, e.g. iqa distort output; grepq-ridge: a database with scores) "
+                                           "or the folder of pristine images (grepq-high).", show_default=False),
     name: str = typer.Option(..., "--name", help="Run name: files go to CHECKPOINTS_DIR/NAME/.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Training recipe: mos (a patch store with MOS) | "
-                                         "bapps (--bapps 2AFC). Default: bapps with --bapps, else mos.",
+                                         "bapps (--bapps 2AFC) | grepq-low | grepq-high | grepq-ridge (see the GRepQ "
+                                         "options and docs/grepq.md). Default: bapps with --bapps, else mos.",
                                          show_default=False),
     checkpoints_dir: Path = typer.Option(Path("checkpoints"), "--checkpoints-dir", help="Where run folders go."),
     n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", min=1,
@@ -102,8 +108,28 @@ def train(
                                           help="DataLoader worker processes (default: by device).",
                                           show_default=False),
     as_json: bool = JsonOpt,
+    db_format: str = grepq.FormatOpt,
+    db_options: List[str] = grepq.DbOptionOpt,
+    versions: Optional[int] = grepq.VersionsOpt,
+    fragment_grid: Optional[int] = grepq.FragmentGridOpt,
+    fragment_piece: Optional[int] = grepq.FragmentPieceOpt,
+    weight_decay: Optional[float] = grepq.WeightDecayOpt,
+    group_size: Optional[int] = grepq.GroupSizeOpt,
+    crop: Optional[int] = grepq.CropOpt,
+    low_level_weights: Optional[Path] = grepq.LowLevelWeightsOpt,
+    clip_weights: Optional[Path] = grepq.ClipWeightsOpt,
+    clip_visual_weights: Optional[Path] = grepq.ClipVisualWeightsOpt,
+    cache: Optional[Path] = grepq.CacheOpt,
+    no_cache: bool = grepq.NoCacheOpt,
+    fsim_cache: Optional[Path] = grepq.FsimCacheOpt,
+    feature_cache: Optional[Path] = grepq.FeatureCacheOpt,
+    repeats: Optional[int] = grepq.RepeatsOpt,
+    folds: Optional[int] = grepq.FoldsOpt,
+    short_side: Optional[int] = grepq.ShortSideOpt,
 ) -> None:
-    """Train perceptual-metric heads: Graphics-LPIPS from MOS, or LPIPS from BAPPS 2AFC judgments.
+    """Train perceptual-metric heads: Graphics-LPIPS from MOS, or LPIPS from BAPPS 2AFC judgments; or
+    GRepQ's encoders (--method grepq-low | grepq-high) and its data-efficient ridge model
+    (--method grepq-ridge), see docs/grepq.md.
 
     Writes CHECKPOINTS_DIR/NAME/latest.pth, epoch_K.pth, metrics.csv and curves.png; the checkpoints load in score-pair, score-mesh-db and eval-bapps with --checkpoint.
 
@@ -119,9 +145,18 @@ def train(
           --datasets train/traditional train/cnn train/mix
       torchrun --nproc_per_node 4 -m iqa_cli train db.h5 --name glpips \\
           --seed 1                          # 4 GPUs, same result
+      iqa train distorted/ --method grepq-low --name llm --versions 9
+      iqa train photos/ --method grepq-high --name hlm --clip-weights RN50.pt
+      iqa train kadid10k/ --method grepq-ridge --name ridge \\
+          --low-level-weights llm.pth --clip-weights RN50.pt
     """
     from ..errors import InvalidInputError
     from ..training import BAPPS_TRAIN_SETS, TrainConfig
+
+    if method in grepq.METHODS:
+        grepq.train_grepq(ctx, method, _run_reported)
+        return
+    grepq.refuse_grepq_options(ctx)
 
     if bapps is not None and store is not None:
         raise InvalidInputError(f"give either a patch store ({store}) or --bapps {bapps}, not both")
@@ -143,22 +178,26 @@ def train(
 
     from ..training import train as run_training
 
+    result = _run_reported(lambda progress: run_training(config, progress=progress), Path(checkpoints_dir) / name)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    _print_summary(result)
+
+
+def _run_reported(run, run_dir: Path):
+    """``run(progress)`` with a progress bar and per-epoch lines on stderr; Ctrl-C says which epoch
+    ``run_dir/latest.pth`` holds and exits 130."""
     reporter = _Reporter()
     try:
         with reporter:
-            result = run_training(config, progress=reporter)
+            return run(reporter)
     except KeyboardInterrupt:
-        run_dir = Path(checkpoints_dir) / name
         done = reporter.last_epoch
         where = (f"{run_dir / 'latest.pth'} holds epoch {done}; continue with --resume" if done is not None
                  else "no epoch completed")
         err_console.print(f"[bold red]interrupted[/]: {where}")
         raise typer.Exit(130) from None
-
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    _print_summary(result)
 
 
 class _Reporter:
@@ -200,6 +239,8 @@ def _epoch_line(row: dict, total: int) -> str:
     if row.get("test_loss") is not None:
         parts.append(f"test loss {row['test_loss']:.4g}  RMSE {_num(row.get('test_rmse'))}  "
                      f"SROCC {_num(row.get('test_srocc'))}  PLCC {_num(row.get('test_plcc'))}")
+    if row.get("val_loss") is not None:
+        parts.append(f"held-out loss {row['val_loss']:.4g}")
     if row.get("train_2afc") is not None:
         parts.append(f"train 2AFC {_num(row.get('train_2afc'))}")
     if row.get("val_2afc") is not None:

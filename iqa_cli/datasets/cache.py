@@ -80,6 +80,22 @@ def table_fingerprint(table: QualityTable, short_side: int | None = None) -> str
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """Where iqa keeps caches nobody named: $IQA_CACHE_DIR, else $XDG_CACHE_HOME/iqa, else ~/.cache/iqa."""
+    base = os.environ.get("IQA_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iqa"
+
+
+def default_cache_path(table: QualityTable, suffix: str = "") -> Path:
+    """A database's cache file when the user names none: one per database folder under
+    ``cache_dir()``, keyed by format and folder, so nothing is ever written into the database.
+    ``suffix`` tells apart the caches of one database ("" the image cache, ".grepq-features" ...)."""
+    key = hashlib.sha1(str(Path(table.root).resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / f"{table.database}-{Path(table.root).name}-{key}{suffix}.h5"
+
+
 @dataclass(frozen=True)
 class CacheResult:
     path: Path

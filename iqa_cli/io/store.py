@@ -1443,3 +1443,143 @@ def pristine_store_fingerprint(path: str | Path) -> str | None:
     except StoreError:
         return None
 
+
+
+# ---------------------------------------------------------------------------------------------
+# array cache (work that can always be recomputed: GRepQ's FSIM matrices and image features)
+# ---------------------------------------------------------------------------------------------
+#
+# Schema version 1 (a separate kind: iqa_store="array-cache")::
+#
+#     attrs   iqa_store="array-cache", schema_version=1, purpose (what the arrays are, e.g.
+#             "grepq-fsim/piq-fsimc"; a cache is only ever read for its own purpose)
+#     /arrays/<key>   one array per key (a hex digest of everything the array depends on)
+#
+# Unlike the stores above, this file is a cache in the plain sense: an entry that is missing,
+# damaged or of another purpose is computed again, never trusted. New entries are written into
+# the existing file in place, under ``<path>.lock``, each under a temporary name then renamed; a
+# new file is created as ``<path>.partial`` and renamed into place.
+
+ARRAY_CACHE_KIND = "array-cache"
+ARRAY_CACHE_SCHEMA_VERSION = 1
+
+
+class ArrayCache:
+    """Named numpy arrays in one HDF5 file, for results that are costly to compute and safe to
+    recompute. ``read(keys)`` returns the entries present; ``write(entries)`` adds or replaces some.
+    The file is opened only inside each call, so the object is cheap to pickle and never holds a
+    handle another process would trip over."""
+
+    def __init__(self, path: str | Path, purpose: str, option: str = "--cache"):
+        self.path = Path(path)
+        self.purpose = str(purpose)
+        self.option = option
+
+    def __repr__(self) -> str:
+        return f"ArrayCache({str(self.path)!r}, purpose={self.purpose!r})"
+
+    def _check(self, f: h5py.File) -> None:
+        kind = _attr_str(f.attrs.get("iqa_store", ""))
+        purpose = _attr_str(f.attrs.get("purpose", ""))
+        if kind != ARRAY_CACHE_KIND:
+            found = f"an iqa {kind}" if kind else "not an iqa cache"
+            raise StoreError(f"{self.path}: expected an iqa cache of {self.purpose} for {self.option}, found {found}; "
+                             f"choose another {self.option} path")
+        if purpose != self.purpose:
+            raise StoreError(f"{self.path}: this cache holds {purpose or 'something else'}, not {self.purpose}; "
+                             f"choose another {self.option} path (or delete the file)")
+
+    def _open_existing(self, mode: str) -> h5py.File | None:
+        """The file opened and checked, or None when there is none yet."""
+        if not self.path.exists():
+            return None
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: is a folder, expected a cache .h5 file for {self.option}")
+        try:
+            if not h5py.is_hdf5(str(self.path)):
+                raise StoreError(f"{self.path}: not an HDF5 file, so not an iqa cache; choose another {self.option} "
+                                 "path")
+            f = h5py.File(self.path, mode)
+        except StoreError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path}: unreadable cache ({str(exc).strip()[:80]}); delete it, it is rebuilt "
+                             f"on the next run") from None
+        try:
+            self._check(f)
+        except StoreError:
+            f.close()
+            raise
+        return f
+
+    def check(self) -> None:
+        """Fail now (StoreError) when ``path`` holds something that is not this cache."""
+        f = self._open_existing("r")
+        if f is not None:
+            f.close()
+
+    def read(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The arrays of ``keys`` that the cache holds (damaged entries are left out)."""
+        f = self._open_existing("r")
+        if f is None:
+            return {}
+        out: dict[str, np.ndarray] = {}
+        with f:
+            group = f.get("arrays")
+            if group is None:
+                return out
+            for key in keys:
+                if key in group:
+                    try:
+                        out[key] = group[key][()]
+                    except (OSError, KeyError, ValueError):
+                        continue
+        return out
+
+    def write(self, entries: dict[str, np.ndarray]) -> bool:
+        """Add (or replace) ``entries``. Returns False, writing nothing, when another process holds
+        the file's lock or it cannot be written (read-only, full disk): the caller has the arrays
+        and only loses the caching."""
+        if not entries:
+            return True
+        from ..errors import IQAError
+
+        lock = OutputLock(self.path, f"iqa cache of {self.purpose}")
+        try:
+            lock.acquire()
+        except IQAError:
+            return False
+        try:
+            if self.path.exists():
+                with self._open_existing("r+") as f:
+                    self._put(f, entries)
+                return True
+            partial = partial_path(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with h5py.File(partial, "w") as f:
+                    f.attrs["iqa_store"] = ARRAY_CACHE_KIND
+                    f.attrs["schema_version"] = ARRAY_CACHE_SCHEMA_VERSION
+                    f.attrs["purpose"] = self.purpose
+                    self._put(f, entries)
+                os.replace(partial, self.path)
+            finally:
+                if partial.exists():
+                    partial.unlink()
+            return True
+        except OSError:
+            return False
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _put(f: h5py.File, entries: dict[str, np.ndarray]) -> None:
+        group = f.require_group("arrays")
+        for key, value in entries.items():
+            tmp = f"{key}.partial"
+            if tmp in group:
+                del group[tmp]
+            group.create_dataset(tmp, data=np.asarray(value))
+            if key in group:
+                del group[key]
+            group.move(tmp, key)

@@ -384,7 +384,11 @@ def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _image_tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An image tower's keys as ModifiedResNet names, whether saved bare or as CLIP's ``visual.*``."""
+    """An image tower's keys as ModifiedResNet names, whether saved bare or as CLIP's ``visual.*``
+    (a HighLevelEncoder saved by this project, e.g. by ``iqa train --method grepq-high``, is its
+    ``visual.*`` keys beside ``prompt_embeddings``: the tower is those keys)."""
+    if "prompt_embeddings" in state and any(k.startswith("visual.") for k in state):
+        state = {k: v for k, v in state.items() if k != "prompt_embeddings"}
     if all(k.startswith("visual.") for k in state):
         return {k.removeprefix("visual."): v for k, v in state.items()}
     return state

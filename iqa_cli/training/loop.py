@@ -36,6 +36,9 @@ The recipe interface
     process; modules used here (a ranking head) are trained like the others.
 ``after_step(modules)``
     After each optimiser step (e.g. projecting head weights onto >= 0). Default: nothing.
+``after_epoch(modules, epoch)``
+    After an epoch's last step, before its evaluation and checkpoint, on every process, modules in
+    train mode (e.g. re-estimating BatchNorm's running statistics). Default: nothing.
 ``batch_stats(outputs) -> {key: sum}``
     Optional per-batch sums over items, logged per epoch as ``sum / items`` (e.g. train 2AFC).
 ``evaluate(modules) -> {key: value}``
@@ -247,6 +250,9 @@ class Recipe:
         raise NotImplementedError
 
     def after_step(self, modules: dict[str, nn.Module]) -> None:
+        pass
+
+    def after_epoch(self, modules: dict[str, nn.Module], epoch: int) -> None:
         pass
 
     def batches(self, epoch: int) -> Sequence[Sequence[Any]]:
@@ -490,6 +496,7 @@ class _Training:
                 stopped = True
                 break
             row = self.train_epoch(epoch)
+            self.recipe.after_epoch(self.modules, epoch)
             if epoch % settings.eval_every == 0 or epoch == total:
                 row.update(self.evaluate())
             self.history.append(row)
