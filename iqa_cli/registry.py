@@ -238,6 +238,18 @@ def _grepq(low_level_weights=None, pristine=None, clip_weights=None, clip_visual
     return GRepQZeroShot(low, grepq_pristine_mvg(pristine, low, patch_batch), high, patch_batch=patch_batch)
 
 
+def _grepq_ridge(checkpoint=None, low_level_weights=None, clip_weights=None, clip_visual_weights=None):
+    """GRepQ's data-efficient model: the ridge.pth of 'iqa train --method grepq-ridge' with the
+    encoders it records (or the files given; their weights must hash as when it was fitted)."""
+    from .models.grepq_ridge import load_grepq_ridge
+
+    if checkpoint is None:
+        raise WeightsError("grepq-ridge needs its fitted model: pass --checkpoint ridge.pth (written by 'iqa train "
+                           "--method grepq-ridge')")
+    return load_grepq_ridge(checkpoint, low_level_weights=low_level_weights, clip_weights=clip_weights,
+                            clip_visual_weights=clip_visual_weights)
+
+
 def _imagenet_file(net: str) -> str:
     """torchvision's cache file name of a backbone (read off its weights enum, no download)."""
     from urllib.parse import urlparse
@@ -297,6 +309,12 @@ SPECS: tuple[MetricSpec, ...] = (
                _grepq, weights=(WeightsNeed("low-level encoder", "user", "--low-level-weights"),
                                 WeightsNeed("pristine store", "user", "--pristine"),
                                 WeightsNeed("CLIP RN50", "user", "--clip-weights", optional=True))),
+    MetricSpec("grepq-ridge", "nr", False, (-INF, INF), "RGB (low level); CLIP-normalised RGB (high level)",
+               "GRepQ data-efficient: ridge on encoder features; predicts the score it was fitted on (its direction)",
+               _grepq_ridge, weights=(WeightsNeed("ridge model", "user", "--checkpoint"),
+                                      WeightsNeed("low-level encoder", "user", "--low-level-weights"),
+                                      WeightsNeed("CLIP RN50", "user", "--clip-weights", optional=True)),
+               aliases=("grepq_ridge",)),
     MetricSpec("graphiqa", "nr", False, (-INF, INF), "RGB (ImageNet-normalised 224x224 crops)",
                "GraphIQA (Sun et al. 2022): distortion-graph blind IQA; predicts the MOS scale it was trained on",
                _graphiqa, weights=(WeightsNeed("GraphIQA model", "user", "--checkpoint"),

@@ -185,6 +185,10 @@ def test_ridge_command_caches_features_and_saves_a_scoring_model(cli, scored_db,
         encoder.load_state_dict(torch.load(low, weights_only=True)["state_dict"])
         expected = encoder.eval()(image).double() @ saved["coef"] + saved["intercept"]
     torch.testing.assert_close(metric(image).double(), expected, rtol=1e-5, atol=1e-5)
+    scored = cli("score-image", db / "images" / "astronaut_11_05.png", "--checkpoint", ck / "r1" / "ridge.pth", "--json")
+    assert scored.exit_code == 0, scored.output  # the checkpoint alone selects the registered grepq-ridge metric
+    doc = json.loads(scored.stdout)
+    assert doc["metric"] == "grepq-ridge" and doc["score"] == pytest.approx(float(expected), rel=1e-5, abs=1e-5)
 
     with pytest.raises(WeightsError, match="not a GRepQ ridge model"):
         load_grepq_ridge(low)

@@ -55,6 +55,26 @@ def grepq_files(tmp_path):
     return {"low_level_weights": weights, "pristine": tmp_path / "pristine.h5"}
 
 
+def grepq_ridge_checkpoint(tmp_path):
+    """A ridge model on a random low-level encoder's 128-d features, in the file format of
+    'iqa train --method grepq-ridge' (the encoder's file and hash recorded in it)."""
+    from types import SimpleNamespace
+
+    from iqa_cli.models.grepq import LowLevelEncoder
+    from iqa_cli.models.grepq_ridge import GRepQFeatureExtractor, encoder_hashes, ridge_payload
+
+    torch.manual_seed(7)
+    low = LowLevelEncoder()
+    weights = tmp_path / "grepq_low.pth"
+    torch.save(low.state_dict(), weights)
+    extractor = GRepQFeatureExtractor(low)
+    table = SimpleNamespace(database="tid2013", root=tmp_path, score_name="MOS", higher_better=True)
+    payload = ridge_payload(np.linspace(-1, 1, extractor.dim), 4.5, 1.0, extractor,
+                            {"low_level_weights": str(weights)}, encoder_hashes(low, None), table)
+    torch.save(payload, tmp_path / "ridge.pth")
+    return {"checkpoint": tmp_path / "ridge.pth"}
+
+
 def asna_checkpoint(tmp_path):
     """A small random ASNA network saved in iqa's family-checkpoint format."""
     from iqa_cli.models.asna import AsnaNet, asna_config
@@ -71,6 +91,7 @@ def asna_checkpoint(tmp_path):
 NEEDS = {"graphics-lpips": lambda tmp: {"checkpoint": graphics_checkpoint(tmp)},
          "graphiqa": lambda tmp: {"checkpoint": graphiqa_checkpoint(tmp), "crops": 2},
          "grepq": grepq_files,
+         "grepq-ridge": grepq_ridge_checkpoint,
          "asna": lambda tmp: {"checkpoint": asna_checkpoint(tmp), "small": "resize"}}
 
 

@@ -135,8 +135,10 @@ def progress_bar(description: str, total: int | None, unit: str, enabled: bool =
         yield advance
 
 
-def build_metrics(names: list[str] | None, kind: str | None = None, device: str = "auto", **options) -> list:
-    """The metrics of a repeatable/comma-separated --metric option, each given the options it takes.
+def build_metrics(names: list[str] | None, kind: str | None = None, device: str = "auto", default: str = "lpips",
+                  **options) -> list:
+    """The metrics of a repeatable/comma-separated --metric option, each given the options it takes;
+    without --metric, the metric --checkpoint holds weights for, else ``default``.
 
     Options nobody asked for are an error (``--net`` with only ``ssim``); a metric of the wrong kind
     (a no-reference metric in score-pair) is an error naming the kind wanted."""
@@ -145,8 +147,8 @@ def build_metrics(names: list[str] | None, kind: str | None = None, device: str 
 
     wanted = [n.strip() for value in (names or []) for n in str(value).split(",") if n.strip()]
     options = {k: v for k, v in options.items() if v is not None}
-    if not wanted:  # what --checkpoint holds, else lpips
-        wanted = [checkpoint_metric(options["checkpoint"]) if "checkpoint" in options else "lpips"]
+    if not wanted:
+        wanted = [checkpoint_metric(options["checkpoint"]) if "checkpoint" in options else default]
     specs = [get_spec(n) for n in wanted]
     seen = [s.name for s in specs]
     dupes = sorted({n for n in seen if seen.count(n) > 1})

@@ -15,7 +15,7 @@ def score_image(
     images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     metric: Optional[List[str]] = typer.Option(None, "--metric", "-m", help="No-reference metrics from "
                                                "'iqa list-metrics --kind nr' (repeat, or comma-separate). "
-                                               "Default: niqe."),
+                                               "Default: the metric --checkpoint holds, else niqe."),
     pristine: Optional[Path] = PristineOpt,
     low_level_weights: Optional[Path] = LowLevelWeightsOpt,
     clip_weights: Optional[Path] = ClipWeightsOpt,
@@ -48,7 +48,7 @@ def score_image(
     weights = [p for p in (pristine, low_level_weights, clip_weights, clip_visual_weights, checkpoint,
                            backbone_weights) if p is not None]
     check_output_paths([(out, "--out", False)], inputs=[*images, *weights])
-    models = build_metrics(metric or ["niqe"], kind="nr", device=device, pristine=pristine,
+    models = build_metrics(metric, kind="nr", device=device, default="niqe", pristine=pristine,
                            low_level_weights=low_level_weights, clip_weights=clip_weights,
                            clip_visual_weights=clip_visual_weights, checkpoint=checkpoint,
                            backbone_weights=backbone_weights, crops=crops)
