@@ -85,6 +85,8 @@ def eval_db(
     from ..eval_db import check_metrics_fit
 
     check_metrics_fit(table, models)
+    from ..datasets.cache import default_cache_path
+
     cache_path = None if no_cache else cache if cache is not None else default_cache_path(table)
     if cache_path is not None:
         check_output_path(cache_path, "--cache", inputs=[root])
@@ -120,18 +122,6 @@ def eval_db(
         emit_json(result.to_dict())
         return
     _print(result)
-
-
-def default_cache_path(table) -> Path:
-    """Where a database's image cache lives when --cache is not given: a per-database file under
-    $IQA_CACHE_DIR (else $XDG_CACHE_HOME/iqa, else ~/.cache/iqa), keyed by format and folder, so
-    nothing is ever written into the database itself."""
-    import hashlib
-    import os
-
-    base = os.environ.get("IQA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iqa"
-    key = hashlib.sha1(str(Path(table.root).resolve()).encode()).hexdigest()[:12]
-    return Path(base) / f"{table.database}-{Path(table.root).name}-{key}.h5"
 
 
 def _write_csv(path: Path, result) -> None:
