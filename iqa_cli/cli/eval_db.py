@@ -85,8 +85,6 @@ def eval_db(
     from ..eval_db import check_metrics_fit
 
     check_metrics_fit(table, models)
-    from ..datasets.cache import default_cache_path
-
     cache_path = None if no_cache else cache if cache is not None else default_cache_path(table)
     if cache_path is not None:
         check_output_path(cache_path, "--cache", inputs=[root])
@@ -122,6 +120,14 @@ def eval_db(
         emit_json(result.to_dict())
         return
     _print(result)
+
+
+def default_cache_path(table) -> Path:
+    """Where a database's image cache lives when --cache is not given (datasets/cache.py has the rule,
+    which GraphIQA training shares)."""
+    from ..datasets.cache import default_cache_path as cache_path
+
+    return cache_path(table)
 
 
 def _write_csv(path: Path, result) -> None:
