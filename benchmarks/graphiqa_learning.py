@@ -1,7 +1,7 @@
 """GraphIQA learning checks: pretraining separates distortion types and predicts levels; fine-tuning
 fits a planted MOS on held-out contents; and the rate of the real training pipeline.
 
-    python benchmarks/graphiqa_learning.py                       # small settings: a few CPU minutes
+    python benchmarks/graphiqa_learning.py      # small settings: ~15-25 min on a shared 2-core CPU
     python benchmarks/graphiqa_learning.py --device cuda --crop-size 224 --image-side 512 --batch 32 \\
         --steps 200 --epochs 10 --ft-crops 25 --ft-batch 32 --ft-epochs 20 --lr 1e-5 --ft-lr 5e-6
 

@@ -275,7 +275,7 @@ def _epoch_line(row: dict, total: int) -> str:
         parts.append(f"lr {row['lr']:.3g}")
     if row.get("train_loss") is not None:
         parts.append(f"train loss {row['train_loss']:.4g}")
-    if row.get("test_loss") is not None:
+    if row.get("test_loss") is not None and row.get("test_triplet_acc") is None:
         parts.append(f"test loss {row['test_loss']:.4g}  RMSE {_num(row.get('test_rmse'))}  "
                      f"SROCC {_num(row.get('test_srocc'))}  PLCC {_num(row.get('test_plcc'))}")
     if row.get("train_2afc") is not None:
@@ -285,8 +285,8 @@ def _epoch_line(row: dict, total: int) -> str:
     if row.get("train_triplet") is not None:
         parts.append(f"triplet {row['train_triplet']:.4g}  level MSE {_num(row.get('train_level_mse'), '.4g')}")
     if row.get("test_triplet_acc") is not None:
-        parts.append(f"held-out triplet acc {_num(row.get('test_triplet_acc'), '.3f')}  level SROCC "
-                     f"{_num(row.get('test_level_srocc'))}")
+        parts.append(f"held-out loss {_num(row.get('test_loss'), '.4g')}  triplet acc "
+                     f"{_num(row.get('test_triplet_acc'), '.3f')}  level SROCC {_num(row.get('test_level_srocc'))}")
     if row.get("val_srocc") is not None:
         parts.append(f"val SROCC {_num(row.get('val_srocc'))}  PLCC {_num(row.get('val_plcc'))}  test SROCC "
                      f"{_num(row.get('test_srocc'))}  PLCC {_num(row.get('test_plcc'))}")
@@ -344,7 +344,10 @@ def _print_graphiqa_summary(result) -> None:
         table.add_row("held-out triplet accuracy", _num(final.get("test_triplet_acc")))
         table.add_row("held-out level SROCC", _num(final.get("test_level_srocc")))
     else:
-        table.add_row("images train / test", f"{result.n_train} / {result.n_test}")
+        import json
+
+        counts = json.loads((result.run_dir / "split.json").read_text())["counts"]
+        table.add_row("images train / val / test", f"{counts['train']} / {counts['val']} / {counts['test']}")
         table.add_row("best epoch (validation SROCC)", f"{best.get('epoch', '-')}")
         for key, label in (("val_srocc", "val SROCC"), ("test_srocc", "test SROCC"), ("test_plcc", "test PLCC")):
             table.add_row(f"{label} at the best epoch", _num(best.get(key)))
