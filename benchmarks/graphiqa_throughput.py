@@ -2,14 +2,18 @@
 
     python benchmarks/graphiqa_throughput.py                      # the released sizes (32-crop graphs, 25 crops)
     python benchmarks/graphiqa_throughput.py --batch 8 --crops 5  # a quick look on a small CPU
+    python benchmarks/graphiqa_throughput.py --crop-size 64 --image-size 96   # smaller crops, same code
 
 Random weights throughout (speed does not depend on them; nothing is downloaded):
 
-- ceiling: one ResNet-50 forward (no autograd) over a batch of ``--batch`` 224x224 crops, the least
+- ceiling: one ResNet-50 forward (no autograd) over a batch of ``--batch`` crops (224x224), the least
   any pretraining step over that many crops must cost per graph;
 - pretraining: one full step (anchor graph with gradients, positive and negative graphs without,
   the triplet + level loss, backward, Adam), i.e. 3 x ``--batch`` crops per step;
-- scoring: GraphIQAScorer on 256x256 images with ``--crops`` crops each (one graph per image).
+- scoring: GraphIQAScorer on ``--image-size`` (256) square images with ``--crops`` crops each (one graph
+  per image).
+
+benchmarks/graphiqa_learning.py measures the real pipeline (cache reads, cropping, the loop) instead.
 
 Prints one JSON document: crops/s of each (pretraining counts the anchor, positive and negative
 crops), and the pretraining rate as a fraction of the ceiling: every crop needs one backbone pass,
@@ -47,6 +51,8 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=25, help="crops per scored image")
     parser.add_argument("--images", type=int, default=4, help="images per scoring call")
     parser.add_argument("--embed-size", type=int, default=64)
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=256, help="side of the scored images")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -55,9 +61,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    model = GraphIQA(GraphIQAConfig(embed_size=args.embed_size)).to(device)
+    model = GraphIQA(GraphIQAConfig(embed_size=args.embed_size, crop_size=args.crop_size)).to(device)
     g = torch.Generator().manual_seed(0)
-    crops = [torch.rand(args.batch, 3, 224, 224, generator=g).to(device) for _ in range(3)]
+    crops = [torch.rand(args.batch, 3, args.crop_size, args.crop_size, generator=g).to(device) for _ in range(3)]
     levels = torch.randint(1, 6, (args.batch,), generator=g).float().to(device)
 
     def backbone_only():
@@ -73,7 +79,7 @@ def main() -> None:
         optimiser.step()
 
     scorer = GraphIQAScorer(model, crops=args.crops)
-    images = torch.rand(args.images, 3, 256, 256, generator=g).to(device)
+    images = torch.rand(args.images, 3, args.image_size, args.image_size, generator=g).to(device)
 
     def score():
         with torch.no_grad():
@@ -83,7 +89,8 @@ def main() -> None:
     pretrain = 3 * args.batch / timed(pretrain_step, args.repeats)
     scoring = args.images / timed(score, args.repeats)
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch,
-                      "embed_size": args.embed_size, "backbone_crops_per_s": round(ceiling, 2),
+                      "embed_size": args.embed_size, "crop_size": args.crop_size,
+                      "backbone_crops_per_s": round(ceiling, 2),
                       "pretrain_crops_per_s": round(pretrain, 2), "pretrain_fraction_of_ceiling": round(
                           pretrain / ceiling, 3), "scoring_images_per_s": round(scoring, 3),
                       "scoring_crops_per_s": round(scoring * args.crops, 2)}, indent=1))

@@ -1041,6 +1041,20 @@ class ImageStore:
             raise IndexError(f"rows outside [0, {self.n_rows}) in {self.path}")
         return mapping[rows]
 
+    def select(self, rows) -> "ImageStore":
+        """The same file seen as the cache of ``table.select(rows)``: row i of the result is row
+        ``rows[i]`` here (no data is copied; the file handle is opened anew on first read)."""
+        import copy
+
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"rows outside [0, {self.n_rows}) in {self.path}")
+        view = copy.copy(self.__getstate__())
+        out = ImageStore.__new__(ImageStore)
+        out.__setstate__(view)
+        out.dist_image, out.ref_image = self.dist_image[rows], self.ref_image[rows]
+        return out
+
     def size(self, image: int) -> tuple[int, int]:
         """(H, W) of stored image ``image``."""
         return int(self.height[image]), int(self.width[image])

@@ -128,7 +128,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.name or not str(cfg.name).strip() or Path(cfg.name).name != cfg.name or cfg.name in (".", ".."):
         raise InvalidInputError(f"--name {cfg.name!r}: expected a plain folder name (no '/'), e.g. --name my_run")
     if cfg.method is not None and cfg.method not in METHODS:
-        raise InvalidInputError(f"--method {cfg.method}: choose one of {', '.join(METHODS)}")
+        known = (*METHODS, "graphiqa-pretrain", "graphiqa")  # the GraphIQA ones run from training/graphiqa.py
+        raise InvalidInputError(f"--method {cfg.method}: choose one of {', '.join(known)}")
     if cfg.method == "mos" and cfg.store is None:
         raise InvalidInputError("--method mos trains on a patch store: give STORE.h5 (from iqa patchify)")
     if cfg.method == "bapps" and cfg.bapps_root is None:

@@ -47,10 +47,15 @@ The recipe interface
 ``checkpoint(modules) -> dict``, ``resume_state(modules) -> dict``, ``restore(modules, checkpoint)``
     What each checkpoint file holds (what a scorer loads), what ``latest.pth`` also needs to resume
     (under its ``training`` key, beside the loop's own state), and the strict inverse of both.
+``files() -> {name: text}``
+    Optional small text files the main process writes into the run folder when the run starts
+    (e.g. the train/validation/test split). Default: none.
 Attributes: ``unit`` (what an item is, for progress: "stimuli"), ``columns`` (metrics.csv columns
 the recipe adds), ``eval_key`` (the headline metric: the last epoch that has it is the result's
-``final``), ``curves`` (what curves.png plots), ``n_train`` / ``n_test`` (set in ``prepare``, for
-the result). ``run`` returns a TrainResult whose ``model`` is ``modules["model"]``.
+``final``), ``select_key`` (a validation metric, higher = better: the evaluated epoch with its
+highest value, the earliest on ties and NaN counting as lowest, is kept as ``best.pth`` and is the
+result's ``best``; "" for none), ``curves`` (what curves.png plots), ``n_train`` / ``n_test`` (set
+in ``prepare``, for the result). ``run`` returns a TrainResult whose ``model`` is ``modules["model"]``.
 
 A minimal recipe, a linear model fit to random vectors::
 
@@ -102,7 +107,8 @@ number of them. Only this module and engine.py know about processes.
 
 Files (run folder ``settings.run_dir``, locked while a run writes it): ``latest.pth`` (the
 recipe's checkpoint + ``training``: epoch, optimiser, RNG state, history, recipe's resume state),
-``epoch_{k}.pth``, ``metrics.csv``, ``curves.png``. Each is written to a temporary name and
+``epoch_{k}.pth`` (unless ``LoopSettings.epoch_files`` is off), ``best.pth`` (recipes with a
+``select_key``), ``metrics.csv``, ``curves.png``. Each is written to a temporary name and
 renamed, so an interrupted run leaves the last completed epoch's files; ``latest.pth`` is written
 before the first epoch too. A full disk ends the run with one line naming the file.
 """
@@ -165,6 +171,7 @@ class LoopSettings:
     eval_every        evaluate every this many epochs (and before the first, and after the last)
     stop_after_epoch  stop once this epoch has completed (a test hook for interrupted runs)
     inputs            files/folders the run reads: the run folder may not be one or lie inside one
+    epoch_files       write epoch_{k}.pth after every epoch (off: latest.pth and best.pth only)
     """
 
     run_dir: Path
@@ -180,6 +187,7 @@ class LoopSettings:
     inputs: tuple[str, ...] = ()
     option: str = "--checkpoints-dir / --name"  # how the user names the run folder, for messages
     what: str = "iqa train"
+    epoch_files: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,7 @@ class Recipe:
     unit: str = "items"
     columns: tuple[str, ...] = ()
     eval_key: str = ""
+    select_key: str = ""  # validation metric (higher = better) that picks best.pth; "" for none
     curves: Curves = Curves()
     n_train: int = 0  # items in the training / test sets, for the result (set them in prepare)
     n_test: int = 0
@@ -282,11 +291,16 @@ class Recipe:
     def restore(self, modules: dict[str, nn.Module], checkpoint: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def files(self) -> dict[str, str]:
+        return {}
+
 
 @dataclass(frozen=True)
 class TrainResult:
     """What a run returns (the same on every process under torchrun; only the main one wrote files).
-    ``mode`` is the config's method; ``model`` the recipe's ``modules["model"]``, in eval mode."""
+    ``mode`` is the config's method; ``model`` the recipe's ``modules["model"]``, in eval mode.
+    ``best`` is the metrics row of the epoch saved as ``best_checkpoint`` (recipes with a
+    ``select_key``; else {} and None)."""
 
     name: str
     mode: str
@@ -304,14 +318,17 @@ class TrainResult:
     final: dict
     seconds: float
     config: dict
+    best: dict = field(default_factory=dict)
+    best_checkpoint: Path | None = None
     model: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
-        for key in ("run_dir", "checkpoint", "metrics_csv", "curves_png"):
-            d[key] = str(d[key])
+        for key in ("run_dir", "checkpoint", "metrics_csv", "curves_png", "best_checkpoint"):
+            d[key] = None if d[key] is None else str(d[key])
         d["history"] = [dict(r) for r in self.history]
         d["final"] = dict(self.final)
+        d["best"] = dict(self.best)
         return d
 
 
@@ -339,6 +356,8 @@ def run(recipe: Recipe, settings: LoopSettings, progress: Progress | None = None
             state.restore(checkpoint)
         if main:
             settings.run_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in recipe.files().items():
+                write_text(settings.run_dir / name, text)
         return state.train(start_time)
     finally:
         if lock is not None:
@@ -372,7 +391,8 @@ def _open_run(settings: LoopSettings, lock) -> tuple[dict, dict | None]:
         raise WeightsError(f"--resume: {latest} is not a training checkpoint written by '{settings.what}' (no "
                            f"training state); start a new run with another --name")
     _check_training_state(latest, raw["training"], settings.what)
-    saved = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    # a recipe whose checkpoint "config" describes its model keeps the run's options under "run_config"
+    saved = next((raw[k] for k in ("run_config", "config") if isinstance(raw.get(k), dict)), {})
     if settings.seed_from_checkpoint and isinstance(saved.get("seed"), int):
         config["seed"] = int(saved["seed"])
     diffs = [f"{k}={_norm(saved.get(k))!r} (now {_norm(config.get(k))!r})" for k in settings.resume_keys
@@ -511,13 +531,28 @@ class _Training:
         key = self.recipe.eval_key
         evaluated = [r for r in self.history if r.get(key) is not None]
         recipe = self.recipe
+        best = self.best_row()
         return TrainResult(
             name=self.run_dir.name, mode=str(self.config.get("mode", self.config.get("method", ""))),
             run_dir=self.run_dir, checkpoint=self.latest, metrics_csv=csv_path, curves_png=png_path,
             epochs_completed=self.epoch, total_epochs=total, resumed_from=self.resumed_from, stopped_early=stopped,
             n_train=int(recipe.n_train), n_test=int(recipe.n_test), history=tuple(dict(r) for r in self.history),
             final=dict(evaluated[-1]) if evaluated else {}, seconds=time.perf_counter() - start_time,
-            config=dict(self.config), model=self.modules.get("model"))
+            config=dict(self.config), best=dict(best) if best else {},
+            best_checkpoint=self.run_dir / "best.pth" if best else None, model=self.modules.get("model"))
+
+    def best_row(self) -> dict | None:
+        """The evaluated epoch with the highest ``select_key`` (earliest on ties, NaN lowest), or None."""
+        key = self.recipe.select_key
+        best, best_value = None, -math.inf
+        for row in self.history if key else ():
+            value = row.get(key)
+            if value is None:
+                continue
+            value = float(value) if not math.isnan(float(value)) else -math.inf
+            if best is None or value > best_value:
+                best, best_value = row, value
+        return best
 
     def _should_stop(self, epoch: int) -> bool:
         stop = self.settings.stop_after_epoch
@@ -605,8 +640,12 @@ class _Training:
         training = {**self.recipe.resume_state(self.modules), "epoch": epoch,
                     "total_epochs": self.settings.total_epochs, "optimizer": self.optimizer.state_dict(), "rng": rng,
                     "history": [dict(r) for r in self.history], "processes": self.world}
-        if epoch > 0:
+        if epoch > 0 and self.settings.epoch_files:
             write_checkpoint(self.run_dir / f"epoch_{epoch}.pth", {**payload, "epoch": epoch})
+        best = self.best_row()
+        if best is not None and best["epoch"] == epoch:  # before latest.pth: a resumed run never misses it
+            key = self.recipe.select_key
+            write_checkpoint(self.run_dir / "best.pth", {**payload, "epoch": epoch, "selected_by": {key: best[key]}})
         write_checkpoint(self.latest, {**payload, "epoch": epoch, "training": training})
         self.write_logs()
 
@@ -657,6 +696,15 @@ def write_checkpoint(path: Path, payload: dict) -> Path:
     torch.save(payload, buffer)
     with _reported(path), atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """A small text file in the run folder, atomically; a full disk is one line naming it."""
+    from ..io.files import atomic_path
+
+    with _reported(path), atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
