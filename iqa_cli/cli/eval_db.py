@@ -66,6 +66,7 @@ def eval_db(
       iqa eval-db live/ --db-option dmos=original -m vif --bootstrap 2000 --json
       iqa eval-db koniq/ -m niqe --short-side 0
     """
+    from ..datasets.cache import default_cache_path
     from ..datasets.formats import parse_format_options, read_database
     from ..errors import InvalidInputError
     from ..io.files import check_output_paths
@@ -129,18 +130,6 @@ def eval_db(
         emit_json(result.to_dict())
         return
     _print(result)
-
-
-def default_cache_path(table) -> Path:
-    """Where a database's image cache lives when --cache is not given: a per-database file under
-    $IQA_CACHE_DIR (else $XDG_CACHE_HOME/iqa, else ~/.cache/iqa), keyed by format and folder, so
-    nothing is ever written into the database itself."""
-    import hashlib
-    import os
-
-    base = os.environ.get("IQA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iqa"
-    key = hashlib.sha1(str(Path(table.root).resolve()).encode()).hexdigest()[:12]
-    return Path(base) / f"{table.database}-{Path(table.root).name}-{key}.h5"
 
 
 def _write_csv(path: Path, result) -> None:

@@ -1,4 +1,5 @@
-"""`iqa train`: learn Graphics-LPIPS heads from MOS (a patch store) or LPIPS heads from BAPPS."""
+"""`iqa train`: learn Graphics-LPIPS heads from MOS (a patch store) or LPIPS heads from BAPPS; ASNA on a
+full-reference database and its learned sorter (cli/train_asna.py)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ class TrainCommand(MultiValueOptionsCommand):
     multi_value_options = ("--datasets", "--val-datasets")
 
 
-def _in_range(low: float, high: float | None = None, low_inclusive: bool = False):
+def _in_range(low: float, high: float | None = None, low_inclusive: bool = False, high_inclusive: bool = False):
     """A callback rejecting floats outside (low, high) as a usage error (exit 2), like min=/max= do for
     integers; NaN is outside every range."""
     def check(value: float | None) -> float | None:
         if value is None:
             return value
         above = value >= low if low_inclusive else value > low
-        if not (above and (high is None or value < high)):
-            bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        below = high is None or (value <= high if high_inclusive else value < high)
+        if not (above and below):
+            bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (
+                f" and {'<=' if high_inclusive else '<'} {high:g}" if high is not None else "")
             raise typer.BadParameter(f"{value:g} is not a number {bound}")
         return value
     return check
@@ -44,20 +47,25 @@ def _split_values(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
 
 
 def train(
-    store: Optional[Path] = typer.Argument(None, help="Patch store with MOS (from iqa patchify). Leave out with --bapps.",
+    ctx: typer.Context,
+    store: Optional[Path] = typer.Argument(None, help="Patch store with MOS (from iqa patchify); with --method asna, "
+                                           "the database folder. Leave out with --bapps and --method sorter.",
                                            show_default=False),
     name: str = typer.Option(..., "--name", help="Run name: files go to CHECKPOINTS_DIR/NAME/.", show_default=False),
     method: Optional[str] = typer.Option(None, "--method", help="Training recipe: mos (a patch store with MOS) | "
-                                         "bapps (--bapps 2AFC). Default: bapps with --bapps, else mos.",
+                                         "bapps (--bapps 2AFC) | asna (a full-reference database) | sorter (ASNA's "
+                                         "learned ranker). Default: bapps with --bapps, else mos.",
                                          show_default=False),
     checkpoints_dir: Path = typer.Option(Path("checkpoints"), "--checkpoints-dir", help="Where run folders go."),
     n_input_img: int = typer.Option(4, "--nInputImg", "--n-input-img", min=1,
                                     help="Stimuli per optimiser step (whole stimuli)."),
     npatches: int = typer.Option(150, "--npatches", min=1, help="Patches each stimulus contributes per epoch."),
-    nepoch: int = typer.Option(5, "--nepoch", min=0, help="Epochs at the base learning rate."),
+    nepoch: int = typer.Option(5, "--nepoch", min=0, help="Epochs at the base learning rate (asna, sorter: "
+                               "all epochs, default 30 and 100)."),
     nepoch_decay: int = typer.Option(5, "--nepoch_decay", "--nepoch-decay", min=0,
                                      help="Epochs of linear learning-rate decay after those."),
-    lr: float = typer.Option(1e-4, "--lr", callback=_in_range(0), help="Base learning rate (Adam, beta1 0.5)."),
+    lr: float = typer.Option(1e-4, "--lr", callback=_in_range(0), help="Base learning rate (Adam, beta1 0.5; "
+                             "sorter: default 1e-3)."),
     testset_freq: int = typer.Option(2, "--testset_freq", "--testset-freq", min=1,
                                      help="Evaluate on the test set every this many epochs (and after the last)."),
     net: str = typer.Option("alex", "--net", help="Backbone: alex | vgg | squeeze."),
@@ -66,12 +74,14 @@ def train(
     version: str = typer.Option("0.1", "--version", help="LPIPS input scaling: 0.1 or 0.0."),
     loss: str = typer.Option("mse", "--loss", help="mse | rank (1 - soft-rank Spearman) | mse+rank."),
     rank_weight: float = typer.Option(1.0, "--rank-weight", callback=_in_range(0, low_inclusive=True),
-                                      help="Weight of the rank term in mse+rank."),
+                                      help="Weight of the rank term in mse+rank (asna: s, "
+                                      "default 0.1)."),
     rank_temperature: float = typer.Option(0.1, "--rank-temperature", callback=_in_range(0),
                                            help="Soft-rank temperature, in units of the batch's score std."),
     split: Optional[float] = typer.Option(None, "--split", callback=_in_range(0, 1),
                                           help="Training fraction of a random by-stimulus split. Default: the store's "
-                                          "split column when it labels every stimulus train/test, else 0.8.",
+                                          "split column when it labels every stimulus train/test, else 0.8. asna: the "
+                                          "fraction of contents, default 0.8.",
                                           show_default=False),
     train_csv: Optional[Path] = typer.Option(None, "--train-csv", help="CSV with a 'stimulus' column: the training "
                                              "stimuli (alone: the rest are tested).", show_default=False),
@@ -93,14 +103,56 @@ def train(
     val_datasets: Optional[List[str]] = typer.Option(None, "--val-datasets", help="BAPPS subsets evaluated every "
                                                      "--testset_freq epochs (default: every val/* subset present).",
                                                      show_default=False),
-    batch_size: int = typer.Option(50, "--batch-size", min=1, help="BAPPS: triplets per optimiser step."),
+    batch_size: int = typer.Option(50, "--batch-size", min=1, help="BAPPS: triplets per optimiser step; asna: "
+                                    "pairs (default 16); sorter: vectors (default 1024)."),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size", min=1,
-                                        help="Patch pairs per forward pass when scoring the test set."),
+                                        help="Patch pairs per forward pass when scoring the test set "
+                                        "(asna: image pairs, default 16)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="BAPPS: only the first N triplets of each subset.",
                                         show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", min=0,
                                           help="DataLoader worker processes (default: by device).",
                                           show_default=False),
+    db_format: str = typer.Option("auto", "--format", help="asna: the database format (tid2013, kadid10k, pipal, "
+                                  "pieapp, csv, ...) or auto."),
+    db_options: List[str] = typer.Option([], "--db-option", metavar="NAME=VALUE", help="asna: a reader option; "
+                                         "repeatable."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="asna: HDF5 image cache to use or build (default: "
+                                         "eval-db's, under $IQA_CACHE_DIR or ~/.cache/iqa).", show_default=False),
+    no_cache: bool = typer.Option(False, "--no-cache", help="asna: decode the image files every epoch instead."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="asna: simple | bn | attention | tiled "
+                                          "(default: the preset's).", show_default=False),
+    preset: Optional[str] = typer.Option(None, "--preset", help="asna: a published configuration (simple, bn, "
+                                         "attention, tiled; default: the variant's); sorter: original | small.",
+                                         show_default=False),
+    size: Optional[int] = typer.Option(None, "--size", min=8, help="asna: crop side the network takes (default "
+                                       "288; a multiple of 8).", show_default=False),
+    mse_weight: float = typer.Option(0.1, "--mse-weight", callback=_in_range(0, 1, True, True),
+                                     help="asna: m in m*MSE + (1-m)*(1-r^2) + s*rank."),
+    ranker: str = typer.Option("soft", "--ranker", help="asna: the rank term's ranker: soft (soft rank, any batch) "
+                               "| sorter (a frozen learned sorter; batches of exactly 16)."),
+    target_ranks: str = typer.Option("exact", "--target-ranks", help="asna: exact ranks of the targets, or sorter "
+                                     "(the original's: the targets through the ranker too)."),
+    sorter: Optional[Path] = typer.Option(None, "--sorter", help="asna --ranker sorter: a sorter checkpoint "
+                                          "('iqa train --method sorter'; default: the bundled one).",
+                                          show_default=False),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", callback=_in_range(0, 1, low_inclusive=True),
+                                       help="asna: training contents held out to choose the best epoch (0: none)."),
+    standardise: str = typer.Option("auto", "--standardise", help="asna: score standardisation: auto (TID and "
+                                    "PIPAL: the original's constants; else the training part's) | train | tid | "
+                                    "pipal | pieapp."),
+    train_crop: str = typer.Option("random", "--train-crop", help="asna: random | center crop of each pair."),
+    eval_crop: str = typer.Option("center", "--eval-crop", help="asna: center | grid crops when evaluating."),
+    small: str = typer.Option("pad", "--small", help="asna: images smaller than the crop: pad (black, centred; "
+                              "the original's PieAPP rule) | resize."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="asna: the original's rotations, flips and "
+                                 "brightness, drawn per pair."),
+    decay_every: Optional[int] = typer.Option(None, "--decay-every", min=1, help="asna, sorter: multiply the "
+                                              "learning rate by --decay every this many epochs (default 10; sorter "
+                                              "30).", show_default=False),
+    decay: float = typer.Option(0.1, "--decay", callback=_in_range(0, 1, high_inclusive=True),
+                                help="asna, sorter: the step decay factor."),
+    vectors: int = typer.Option(2_000_000, "--vectors", min=2, help="sorter: random training vectors."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train perceptual-metric heads: Graphics-LPIPS from MOS, or LPIPS from BAPPS 2AFC judgments.
@@ -116,8 +168,20 @@ def train(
       iqa train db.h5 --name glpips --resume                     # after Ctrl-C
       iqa train --bapps dataset/ --datasets train/traditional train/cnn train/mix --head lpips --name lpips_alex
       torchrun --nproc_per_node 4 -m iqa_cli train db.h5 --name glpips --seed 1   # 4 GPUs, same result
+      iqa train --method asna tid2013/ --name asna_tid --variant bn --nepoch 30 --seed 1
+      iqa train --method asna pipal/ --name asna_pipal --ranker sorter --mse-weight 0.5 --rank-weight 0.1
+      iqa train --method sorter --name sorter16 --preset small --vectors 400000 --nepoch 5
     """
     from ..errors import InvalidInputError
+
+    if method in ("asna", "sorter"):
+        from .train_asna import train_asna_command
+
+        train_asna_command(ctx, dict(locals()))
+        return
+    from .train_asna import reject_family_options
+
+    reject_family_options(ctx, method or "mos")
     from ..training import BAPPS_TRAIN_SETS, TrainConfig
 
     if bapps is not None and store is not None:
@@ -140,17 +204,7 @@ def train(
 
     from ..training import train as run_training
 
-    reporter = _Reporter()
-    try:
-        with reporter:
-            result = run_training(config, progress=reporter)
-    except KeyboardInterrupt:
-        run_dir = Path(checkpoints_dir) / name
-        done = reporter.last_epoch
-        where = (f"{run_dir / 'latest.pth'} holds epoch {done}; continue with --resume" if done is not None
-                 else "no epoch completed")
-        err_console.print(f"[bold red]interrupted[/]: {where}")
-        raise typer.Exit(130) from None
+    result = run_reported(lambda progress: run_training(config, progress=progress), Path(checkpoints_dir) / name)
 
     if as_json:
         emit_json(result.to_dict())
@@ -158,12 +212,28 @@ def train(
     _print_summary(result)
 
 
+def run_reported(train_run, run_dir: Path, line=None):
+    """``train_run(progress)`` with a progress bar and one ``line(row, total)`` per epoch on stderr;
+    Ctrl-C ends it with one line saying what --resume continues from (exit 130)."""
+    reporter = _Reporter(line or _epoch_line)
+    try:
+        with reporter:
+            return train_run(reporter)
+    except KeyboardInterrupt:
+        done = reporter.last_epoch
+        where = (f"{run_dir / 'latest.pth'} holds epoch {done}; continue with --resume" if done is not None
+                 else "no epoch completed")
+        err_console.print(f"[bold red]interrupted[/]: {where}")
+        raise typer.Exit(130) from None
+
+
 class _Reporter:
     """Progress callback: a bar (stimuli/s or triplets/s, loss) and one log line per epoch on stderr."""
 
-    def __init__(self):
+    def __init__(self, line):
         self.stack = contextlib.ExitStack()
         self.advance = None
+        self.line = line
         self.last_epoch: int | None = None
 
     def __enter__(self):
@@ -181,7 +251,7 @@ class _Reporter:
             self.advance(event.n, postfix=f"epoch {event.epoch}/{event.total_epochs}  loss {event.loss:.4g}")
         elif event.kind == "epoch":
             self.last_epoch = event.epoch
-            err_console.print(_epoch_line(event.row, event.total_epochs))
+            err_console.print(self.line(event.row, event.total_epochs))
 
 
 def _num(value, fmt: str = ".4f") -> str:

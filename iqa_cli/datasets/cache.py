@@ -62,6 +62,15 @@ def load_database_image(path: str | Path, short_side: int = 0) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def default_cache_path(table) -> Path:
+    """Where a database's image cache lives when --cache is not given: a per-database file under
+    $IQA_CACHE_DIR (else $XDG_CACHE_HOME/iqa, else ~/.cache/iqa), keyed by format and folder, so
+    nothing is ever written into the database itself."""
+    base = os.environ.get("IQA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iqa"
+    key = hashlib.sha1(str(Path(table.root).resolve()).encode()).hexdigest()[:12]
+    return Path(base) / f"{table.database}-{Path(table.root).name}-{key}.h5"
+
+
 def table_fingerprint(table: QualityTable, short_side: int | None = None) -> str:
     """sha256 over the table's (dist, ref) rows, the resize setting and every source file's
     relative path, size and modification time (the files are stat'ed, not read)."""
