@@ -166,7 +166,7 @@ class SorterRecipe(Recipe):
 
         model = modules["model"]
         recalibrate_batch_norm(model, self.vectors[torch.as_tensor(self.recalibration)], self.cfg.batch_size,
-                               self.device)
+                               self.device, part=_my_rows)
         quality = sorter_quality(_OnCpu(model, self.device), n_vectors=self.cfg.eval_vectors,
                                  n_pairs=self.cfg.eval_vectors, length=self.cfg.length)
         self.quality = quality.to_dict()
@@ -188,6 +188,15 @@ class SorterRecipe(Recipe):
             raise WeightsError(f"--resume: {path} is not a sorter training checkpoint (family "
                                f"{checkpoint.get('family')!r}); start a new run with another --name")
         load_strict(modules["model"], state, source=str(path))
+
+
+def _my_rows(n: int) -> slice:
+    """This process's block of a batch of ``n`` (all of it in one process), as the loop shards
+    training batches: synchronised BatchNorm then sees the batch once, not once per process."""
+    from ..engine import shard_bounds
+
+    block = shard_bounds(n)
+    return slice(block.start, block.stop)
 
 
 class _OnCpu(nn.Module):
