@@ -267,3 +267,18 @@ def test_options_of_another_method_are_usage_errors(tid, tmp_path, cli):
     _one_line_error(done, "random vectors")
     done = cli("train", "--name", "x", "--checkpoints-dir", tmp_path / "ck", "--variant", "bn", tmp_path / "s.h5")
     assert done.exit_code == 2 and "--variant" in done.stderr
+
+
+def test_a_saturated_head_still_gives_finite_gradients():
+    """Constant predictions (a saturated sigmoid) must not turn the gradients NaN: the Pearson term's
+    root is clamped, and a term of weight 0 stays off the graph (0 x inf is NaN)."""
+    from iqa_cli.losses.asna import AsnaLoss
+
+    target = torch.linspace(-1.0, 1.0, 16)
+    for m, s in ((1.0, 0.0), (0.1, 0.1), (0.5, 0.0)):
+        pred = torch.full((16,), 0.5, requires_grad=True)  # its mean is exact: deviations are 0
+        AsnaLoss(m, s)(pred, target).backward()
+        assert torch.isfinite(pred.grad).all(), (m, s)
+    pred = torch.full((16,), 0.5, requires_grad=True)  # its mean is exact: deviations are 0
+    AsnaLoss(1.0, 0.0)(pred, target).backward()  # MSE alone: exactly the MSE's gradient
+    assert torch.allclose(pred.grad, 2 * (pred.detach() - target) / 16)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError, WeightsError
+from ..errors import InvalidInputError, IQAError, WeightsError
 from ..losses import DEFAULT_TEMPERATURE
 from ..models.asna import STANDARDISATION, Standardisation
 from .loop import Curves, Recipe, RunContext, Shard, TrainEvent, TrainResult
@@ -493,7 +493,11 @@ class AsnaRecipe(Recipe):
         return {"pred": pred, "target": data["target"].to(self.device)}
 
     def loss(self, modules, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss_fn(outputs["pred"], outputs["target"])
+        loss = self.loss_fn(outputs["pred"], outputs["target"])
+        if not bool(torch.isfinite(loss)):  # the same on every process: they all stop
+            raise IQAError(f"the training loss became {float(loss)}: the network diverged; start a new run with a "
+                           f"lower --lr than {self.cfg.lr:g} (the epoch files before this one are kept)")
+        return loss
 
     def batch_stats(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         terms = self.loss_fn.terms(outputs["pred"], outputs["target"])
