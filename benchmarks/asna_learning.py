@@ -14,9 +14,9 @@ so the MOS is a known function of type and level plus noise.
 Each loss trains the same small ASNA (the simple preset at 32x32 crops: random crops and the
 original's augmentations for training, the central crop for evaluation) with the same seed, hence
 the same split (by content: 11-12 training, 2 validation, 3 test contents), initial weights and
-batches; Adam 1e-4 (the original's; x0.1 after 2/3 of the epochs), batches of 16, 30 epochs. Reported: the test SROCC and
-PLCC at the epoch of the best validation SROCC, per seed and as a mean, and each loss's paired
-difference from MSE alone. The losses (m, s of m MSE + (1 - m)(1 - r^2) + s rank):
+batches; Adam 1e-4 (the original's; x0.1 after 2/3 of the epochs), batches of 16, 30 epochs.
+Reported: the test SROCC and PLCC at the epoch of the best validation SROCC, per seed and as a
+mean, and each loss's paired difference from MSE alone. The losses (m, s of m MSE + (1 - m)(1 - r^2) + s rank):
 
     mse            m 1,   s 0      MSE alone
     mse+rank       m 1,   s 0.1    MSE and the soft-rank term
