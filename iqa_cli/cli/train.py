@@ -258,12 +258,18 @@ def _num(value, fmt: str = ".4f") -> str:
     return "-" if value is None or value != value else format(value, fmt)
 
 
-def _epoch_line(row: dict, total: int) -> str:
+def epoch_line_start(row: dict, total: int) -> list[str]:
+    """The start of every recipe's epoch line: epoch, learning rate, training loss."""
     parts = [f"epoch {row['epoch']}/{total}"]
     if row.get("lr") is not None:
         parts.append(f"lr {row['lr']:.3g}")
     if row.get("train_loss") is not None:
         parts.append(f"train loss {row['train_loss']:.4g}")
+    return parts
+
+
+def _epoch_line(row: dict, total: int) -> str:
+    parts = epoch_line_start(row, total)
     if row.get("test_loss") is not None:
         parts.append(f"test loss {row['test_loss']:.4g}  RMSE {_num(row.get('test_rmse'))}  "
                      f"SROCC {_num(row.get('test_srocc'))}  PLCC {_num(row.get('test_plcc'))}")

@@ -124,17 +124,10 @@ def _num(value, fmt: str = ".4f") -> str:
     return "-" if value is None or value != value else format(value, fmt)
 
 
-def _common(row: dict, total: int) -> list[str]:
-    parts = [f"epoch {row['epoch']}/{total}"]
-    if row.get("lr") is not None:
-        parts.append(f"lr {row['lr']:.3g}")
-    if row.get("train_loss") is not None:
-        parts.append(f"train loss {row['train_loss']:.4g}")
-    return parts
-
-
 def asna_epoch_line(row: dict, total: int) -> str:
-    parts = _common(row, total)
+    from .train import epoch_line_start
+
+    parts = epoch_line_start(row, total)
     if row.get("val_srocc") is not None:
         parts.append(f"val SROCC {_num(row['val_srocc'])}")
     if row.get("test_srocc") is not None:
@@ -145,7 +138,9 @@ def asna_epoch_line(row: dict, total: int) -> str:
 
 
 def sorter_epoch_line(row: dict, total: int) -> str:
-    parts = _common(row, total)
+    from .train import epoch_line_start
+
+    parts = epoch_line_start(row, total)
     if row.get("rank_error") is not None:
         parts.append(f"rank error {_num(row['rank_error'])}  Spearman gap {_num(row.get('spearman_gap'))} "
                      f"(max {_num(row.get('spearman_gap_max'))})")

@@ -55,6 +55,7 @@ from torch import nn
 from ..errors import InvalidInputError, IQAError, WeightsError
 from ..losses import DEFAULT_TEMPERATURE
 from ..models.asna import STANDARDISATION, Standardisation
+from .config import RunOptions
 from .loop import Curves, Recipe, RunContext, Shard, TrainEvent, TrainResult
 
 METHOD = "asna"
@@ -71,8 +72,8 @@ AUTO_STANDARDISATION = {"tid2013": "tid", "tid2008": "tid", "pipal": "pipal"}
 
 
 @dataclass(frozen=True)
-class AsnaTrainConfig:
-    """Everything an ``iqa train --method asna`` run depends on.
+class AsnaTrainConfig(RunOptions):
+    """Everything an ``iqa train --method asna`` run depends on (with RunOptions' name, seed, ...).
 
     database, format, db_options  the database folder and its reader (``read_database``)
     cache, use_cache  the HDF5 image cache to use or build (None: eval-db's default place for this
@@ -90,13 +91,11 @@ class AsnaTrainConfig:
     eval_every        evaluate every this many epochs (and before the first, and after the last)
     """
 
-    name: str
     database: str
     format: str = "auto"
     db_options: Mapping[str, Any] = field(default_factory=dict)
     cache: str | None = None
     use_cache: bool = True
-    checkpoints_dir: str = "checkpoints"
     preset: str | None = None
     variant: str | None = None
     size: int | None = None
@@ -120,11 +119,6 @@ class AsnaTrainConfig:
     augment: bool = True
     eval_every: int = 1
     eval_batch_size: int = 16
-    seed: int | None = None
-    device: str = "auto"
-    num_workers: int | None = None
-    resume: bool = False
-    stop_after_epoch: int | None = None
 
     def __post_init__(self):
         for key in ("database", "cache", "sorter", "checkpoints_dir"):
@@ -132,10 +126,6 @@ class AsnaTrainConfig:
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, key, str(value))
         object.__setattr__(self, "db_options", dict(self.db_options))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.checkpoints_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "db_options": dict(self.db_options), "method": METHOD, "mode": METHOD}
@@ -538,14 +528,18 @@ class AsnaRecipe(Recipe):
         return {"split": self.split_doc, "standardisation": asdict(self.standardisation)}
 
     def restore(self, modules, checkpoint: dict[str, Any]) -> None:
-        from ..weights import load_strict
+        restore_family_model(modules["model"], checkpoint, METHOD, self.cfg.run_dir / "latest.pth")
 
-        path = self.cfg.run_dir / "latest.pth"
-        state = checkpoint.get("state_dict")
-        if checkpoint.get("family") != METHOD or not isinstance(state, dict):
-            raise WeightsError(f"--resume: {path} is not an ASNA training checkpoint (family "
-                               f"{checkpoint.get('family')!r}); start a new run with another --name")
-        load_strict(modules["model"], state, source=str(path))
+
+def restore_family_model(model: nn.Module, checkpoint: dict[str, Any], family: str, path: Path) -> None:
+    """Load a family checkpoint's state dict strictly into ``model`` (for --resume)."""
+    from ..weights import load_strict
+
+    state = checkpoint.get("state_dict")
+    if checkpoint.get("family") != family or not isinstance(state, dict):
+        raise WeightsError(f"--resume: {path} is not an {family} training checkpoint (family "
+                           f"{checkpoint.get('family')!r}); start a new run with another --name")
+    load_strict(model, state, source=str(path))
 
 
 def step_decay(epoch: int, lr: float, decay: float, every: int) -> float:

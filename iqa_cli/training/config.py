@@ -114,6 +114,24 @@ class TrainConfig:
         return d
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where and how a run of a recipe with its own config (asna, sorter) goes: the fields every
+    such config shares (keyword-only, so they follow the recipe's own)."""
+
+    name: str
+    checkpoints_dir: str = "checkpoints"
+    seed: int | None = None  # None: a random seed, recorded in the checkpoint (and reused by resume)
+    device: str = "auto"
+    num_workers: int | None = None
+    resume: bool = False
+    stop_after_epoch: int | None = None  # a test hook for interrupted runs
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoints_dir) / self.name
+
+
 def _check_int(value, option: str, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         raise InvalidInputError(f"{option} must be an integer >= {minimum}, got {value}")

@@ -19,7 +19,6 @@ the gap between the surrogate Spearman and the true one on fresh pairs. Every ch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError, WeightsError
+from ..errors import InvalidInputError
+from .config import RunOptions
 from .loop import Curves, Recipe, RunContext, Shard, TrainResult
 
 METHOD = "sorter"
@@ -36,16 +36,15 @@ VECTOR_PURPOSE, SHUFFLE_PURPOSE, RECALIBRATION_PURPOSE = 7, 8, 9  # seeded gener
 
 
 @dataclass(frozen=True)
-class SorterTrainConfig:
-    """Everything an ``iqa train --method sorter`` run depends on (defaults: the original's recipe).
+class SorterTrainConfig(RunOptions):
+    """Everything an ``iqa train --method sorter`` run depends on (defaults: the original's recipe;
+    with RunOptions' name, seed, ...).
 
     preset        models/sorter.SORTER_PRESETS: "original" (8...256 channels) or "small"
     n_vectors     random training vectors, drawn once from the seed
     eval_vectors  fresh vectors (and pairs) of each quality check
     """
 
-    name: str
-    checkpoints_dir: str = "checkpoints"
     preset: str = "original"
     length: int = 16
     n_vectors: int = 2_000_000
@@ -56,18 +55,9 @@ class SorterTrainConfig:
     decay_every: int = 30
     eval_every: int = 1
     eval_vectors: int = 10_000
-    seed: int | None = None
-    device: str = "auto"
-    num_workers: int | None = None
-    resume: bool = False
-    stop_after_epoch: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "checkpoints_dir", str(self.checkpoints_dir))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.checkpoints_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "method": METHOD, "mode": METHOD}
@@ -180,14 +170,9 @@ class SorterRecipe(Recipe):
                                          run_config=self.config, extra={"quality": dict(self.quality)})
 
     def restore(self, modules, checkpoint: dict[str, Any]) -> None:
-        from ..weights import load_strict
+        from .asna import restore_family_model
 
-        path = self.cfg.run_dir / "latest.pth"
-        state = checkpoint.get("state_dict")
-        if checkpoint.get("family") != METHOD or not isinstance(state, dict):
-            raise WeightsError(f"--resume: {path} is not a sorter training checkpoint (family "
-                               f"{checkpoint.get('family')!r}); start a new run with another --name")
-        load_strict(modules["model"], state, source=str(path))
+        restore_family_model(modules["model"], checkpoint, METHOD, self.cfg.run_dir / "latest.pth")
 
 
 def _my_rows(n: int) -> slice:
