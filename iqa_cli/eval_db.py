@@ -127,7 +127,6 @@ def _has_feature_path(metric) -> bool:
 
 def _score_item(metric, ref, dist):
     """(n,) scores of one item's distorted batch (and its one reference)."""
-    import torch
 
     n = dist.shape[0]
     if metric.kind == "nr":

@@ -32,7 +32,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -344,7 +344,7 @@ def fit_grepq_ridge(config: GRepQRidgeConfig, stages: Stages = no_stages) -> Rid
     notes = list(table.warnings)
     if table.protocol == "official":
         val = int(len(table.splits()[0].val))
-        notes.append(f"official split: trained on 'train', tested on 'test'" + (f"; {val} 'val' image(s) unused"
+        notes.append("official split: trained on 'train', tested on 'test'" + (f"; {val} 'val' image(s) unused"
                                                                                  if val else ""))
     if high is None:
         notes.append("low-level features only (128-d): no --clip-weights given")

@@ -587,22 +587,38 @@ def save_family_checkpoint(path: str | Path, family: str, model: nn.Module, conf
     :func:`read_family_checkpoint` can rebuild the network before loading it strictly."""
     from .io.files import atomic_path
 
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": family,
-               "config": dict(config), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    payload.update(extra or {})
+    payload = family_checkpoint_payload(family, model, config, extra=extra)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
+def family_checkpoint_payload(family: str, model: nn.Module, model_config: dict[str, Any],
+                              run_config: dict[str, Any] | None = None,
+                              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a family checkpoint holds: ``model``'s whole state dict (on the CPU) and its network
+    config; with ``run_config`` (a training run's options) the network config moves to
+    ``model_config`` and ``config`` holds the run's options (see :func:`read_family_checkpoint`)."""
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "family": family,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if run_config is None:
+        payload["config"] = dict(model_config)
+    else:
+        payload.update(config=dict(run_config), model_config=dict(model_config))
+    payload.update(extra or {})
+    return payload
+
+
 def read_family_checkpoint(path: str | Path, family: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, config) of a checkpoint :func:`save_family_checkpoint` wrote for ``family``."""
+    """(state dict, network config) of a checkpoint :func:`save_family_checkpoint` wrote for
+    ``family``. Checkpoints written by ``iqa train`` keep the run's options under ``config`` (what
+    --resume checks) and the network's under ``model_config``, which is then the one returned."""
     raw = read_state_file(path)
     found = raw.get("family", "lpips") if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT else None
     if found != family:
         what = f"an {found} checkpoint" if found else "not an iqa checkpoint"
         raise WeightsError(f"{path}: {what}, expected an {family} checkpoint" + (f" ({hint})" if hint else ""))
-    state, config = raw.get("state_dict"), raw.get("config")
+    state, config = raw.get("state_dict"), raw.get("model_config", raw.get("config"))
     if not isinstance(state, dict) or not isinstance(config, dict):
         raise WeightsError(f"{path}: damaged {family} checkpoint (no state_dict or config); write it again")
     return state, config

@@ -45,9 +45,10 @@ def invoke(*args) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
+def one_line_error(result: tuple[int, str, str], *fragments: str, exit_code: int = 1) -> str:
+    """Exit ``exit_code`` (1: an IQAError, 2: a usage error), one 'error: ' line holding every fragment."""
     code, _, stderr = result
-    assert code == 1, stderr
+    assert code == exit_code, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     for fragment in fragments:
@@ -325,13 +326,15 @@ def test_init_with_another_k_names_both_sizes(work, pretrained, tmp_path):
 def test_option_mistakes_are_one_line(work, tmp_path):
     ck = tmp_path / "ck"
     one_line_error(invoke("train", work["pre"], "--name", "e", "--checkpoints-dir", ck, *PRETRAIN, "--init",
-                           tmp_path / "x.pth"), "--init is for fine-tuning")
+                          tmp_path / "x.pth"), "--init does not apply to --method graphiqa-pretrain",
+                   "it is for --method graphiqa)", exit_code=2)
     one_line_error(invoke("train", "--name", "f", "--checkpoints-dir", ck, "--method", "graphiqa"),
                    "--method graphiqa trains on a database folder")
     one_line_error(invoke("train", work["pre"], "--name", "g", "--checkpoints-dir", ck, "--embed-size", "8"),
-                   "--embed-size: for --method graphiqa-pretrain or graphiqa")
+                   "--embed-size does not apply to --method mos (it is for --method graphiqa-pretrain | graphiqa)",
+                   exit_code=2)
     one_line_error(invoke("train", work["pre"], "--name", "h", "--checkpoints-dir", ck, "--method", "graphiqa-x"),
-                   "--method graphiqa-x: choose one of mos, bapps, graphiqa-pretrain, graphiqa")
+                   "--method graphiqa-x: choose one of mos, bapps, graphiqa-pretrain, graphiqa, grepq-low")
     assert no_run_folder(ck)
 
 

@@ -208,7 +208,7 @@ def test_ridge_bad_input_is_one_line(cli, scored_db, tmp_path):
     one_line(cli("train", db, "--method", "grepq-ridge", "--name", "n", "--checkpoints-dir", ck),
               "needs the low-level encoder", "--low-level-weights")
     one_line(cli(*_ridge_args(db, low, ck, "v", "--versions", "3")),
-              "--versions does not apply to --method grepq-ridge")
+             "--versions does not apply to --method grepq-ridge", code=2)
 
     listing_only = tmp_path / "unscored"
     (listing_only / "images").mkdir(parents=True)

@@ -329,9 +329,10 @@ def test_grepq_high_lowers_the_group_loss_and_trains_the_head(clip_file, pristin
 # bad input
 # ---------------------------------------------------------------------------------------------
 
-def one_line(result, *needles):
-    """Exit code 1 and exactly one stderr line holding every needle, no traceback."""
-    assert result.exit_code == 1, result.output
+def one_line(result, *needles, code: int = 1):
+    """Exit code ``code`` (1: an IQAError, 2: a usage error) and exactly one stderr line holding every
+    needle, no traceback."""
+    assert result.exit_code == code, result.output
     lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
     for needle in needles:
@@ -352,13 +353,14 @@ def test_bad_input_is_one_line(cli, photos, tmp_path):
               "no image files")
     one_line(cli(*high, "--clip-weights", photos["fsim"], "--group-size", "8", "--batch-size", "8"),
               "--group-size 8 needs batches of at least 16")
-    one_line(cli(*high, "--versions", "3"), "--versions does not apply to --method grepq-high")
+    one_line(cli(*high, "--versions", "3"), "--versions does not apply to --method grepq-high", code=2)
 
     low = ["train", photos["train"], "--method", "grepq-low", "--name", "l", *ck, "--fsim-cache", tmp_path / "f.h5"]
     one_line(cli(*low, "--versions", "11"), "fewer than 10 distorted versions", "lower --versions")
-    one_line(cli(*low, "--clip-weights", photos["fsim"]), "--clip-weights does not apply to --method grepq-low")
+    one_line(cli(*low, "--clip-weights", photos["fsim"]), "--clip-weights does not apply to --method grepq-low",
+             "it is for --method grepq-high | grepq-ridge", code=2)
     one_line(cli("train", photos["train"], "--name", "m", "--versions", "3", *ck),
-              "--versions applies to the grepq methods")
+             "--versions does not apply to --method mos (it is for --method grepq-low)", code=2)
     nr = tmp_path / "nr"
     for name in ("a", "b"):
         save_png(nr / f"{name}.png", photo("coffee", (40, 50)))

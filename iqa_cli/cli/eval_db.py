@@ -66,6 +66,7 @@ def eval_db(
       iqa eval-db live/ --db-option dmos=original -m vif --bootstrap 2000 --json
       iqa eval-db koniq/ -m niqe --short-side 0
     """
+    from ..datasets.cache import default_cache_path
     from ..datasets.formats import parse_format_options, read_database
     from ..errors import InvalidInputError
     from ..io.files import check_output_paths
@@ -129,13 +130,6 @@ def eval_db(
         emit_json(result.to_dict())
         return
     _print(result)
-
-
-def default_cache_path(table) -> Path:
-    """Where a database's image cache lives when --cache is not given (datasets/cache.py)."""
-    from ..datasets.cache import default_cache_path as library_default
-
-    return library_default(table)
 
 
 def _write_csv(path: Path, result) -> None:

@@ -113,15 +113,6 @@ class CacheResult:
                 "seconds": self.seconds}
 
 
-def default_cache_path(table) -> Path:
-    """Where a database's image cache lives when --cache is not given: a per-database file under
-    $IQA_CACHE_DIR (else $XDG_CACHE_HOME/iqa, else ~/.cache/iqa), keyed by format and folder, so
-    nothing is ever written into the database itself."""
-    base = os.environ.get("IQA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iqa"
-    key = hashlib.sha1(str(Path(table.root).resolve()).encode()).hexdigest()[:12]
-    return Path(base) / f"{table.database}-{Path(table.root).name}-{key}.h5"
-
-
 def cache_is_fresh(path: str | Path, table: QualityTable, short_side: int | None = None) -> bool:
     """True when ``path`` is a valid image cache built from exactly this table and these files."""
     from ..io.store import image_store_fingerprint

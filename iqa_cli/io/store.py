@@ -379,7 +379,48 @@ class StoreWriter:
 # reader
 # ---------------------------------------------------------------------------------------------
 
-class PatchStore:
+class _PerProcessHandle:
+    """A reader's h5py handle, one per process: opened on first use (``_open_file``), reopened after
+    a fork, dropped when pickled, so each DataLoader worker reads through a handle of its own.
+    ``_handle_attrs`` names the objects a subclass keeps from the open file (datasets)."""
+
+    _handle_attrs: tuple[str, ...] = ()
+    _file: h5py.File | None = None
+    _pid: int | None = None
+
+    def _open_file(self) -> h5py.File:
+        raise NotImplementedError
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = self._open_file()
+            self._pid = os.getpid()
+        return self._file
+
+    def _drop_handle(self, state: dict) -> dict:
+        for name in ("_file", "_pid", *self._handle_attrs):
+            state[name] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._drop_handle(self.__dict__)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return self._drop_handle(self.__dict__.copy())
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+class PatchStore(_PerProcessHandle):
     """Read access to a patch store. ``PatchStore.open(path)`` validates; reads open lazily.
 
     Picklable: the h5py handle is dropped and reopened on first use in the new process (also
@@ -441,43 +482,19 @@ class PatchStore:
         return cls(path, attrs, n, m, tables, identity=identity)
 
     # -- handle management ----------------------------------------------------------------------
-    def _h5(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            # after a fork the parent's handle is not ours to use: drop it and open our own; either
-            # way it must be the very file open() validated
-            try:
-                f = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
-            except Exception as exc:  # noqa: BLE001 - missing, replaced by garbage, ...
-                raise StoreError(f"{self.path}: the patch store can no longer be read ({_first_line(exc)}); it "
-                                 "changed on disk while in use: run the command again") from None
-            if self._identity is not None and _identity(f, self.path) != self._identity:
-                f.close()
-                raise StoreError(f"{self.path}: the patch store changed on disk while it was being read (rebuilt or "
-                                 "replaced by another program); run the command again")
-            self._file = f
-            self._pid = os.getpid()
-        return self._file
-
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
-        self._pid = None
-
-    def __enter__(self) -> "PatchStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pid"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+    def _open_file(self) -> h5py.File:
+        """A new handle (first use, or after a fork: the parent's is not ours to use), which must be
+        the very file open() validated."""
+        try:
+            f = h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
+        except Exception as exc:  # noqa: BLE001 - missing, replaced by garbage, ...
+            raise StoreError(f"{self.path}: the patch store can no longer be read ({_first_line(exc)}); it "
+                             "changed on disk while in use: run the command again") from None
+        if self._identity is not None and _identity(f, self.path) != self._identity:
+            f.close()
+            raise StoreError(f"{self.path}: the patch store changed on disk while it was being read (rebuilt or "
+                             "replaced by another program); run the command again")
+        return f
 
     def __repr__(self) -> str:
         return (f"PatchStore({str(self.path)!r}, patches={self.n_patches}, reference={self.n_reference}, "
@@ -906,7 +923,7 @@ class ImageStoreWriter:
         return self.path
 
 
-class ImageStore:
+class ImageStore(_PerProcessHandle):
     """Read access to an image store. ``ImageStore.open(path)`` validates; reads open lazily.
 
     Picklable: the h5py handle is dropped and reopened on first use in each process, so every
@@ -981,35 +998,12 @@ class ImageStore:
         return cls(path, attrs, offset, height, width, dist, ref)
 
     # -- handle management ----------------------------------------------------------------------
-    def _h5(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
-            self._pixels = self._file["pixels"]
-            self._pid = os.getpid()
-        return self._file
+    _handle_attrs = ("_pixels",)
 
-    def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
-        self._file = None
-        self._pixels = None
-        self._pid = None
-
-    def __enter__(self) -> "ImageStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_file"] = None
-        state["_pixels"] = None
-        state["_pid"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+    def _open_file(self) -> h5py.File:
+        f = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
+        self._pixels = f["pixels"]
+        return f
 
     def __repr__(self) -> str:
         return (f"ImageStore({str(self.path)!r}, database={self.database!r}, rows={self.n_rows}, "
@@ -1256,7 +1250,7 @@ class PristineStoreWriter:
         return self.path
 
 
-class PristineStore:
+class PristineStore(_PerProcessHandle):
     """Read access to a pristine store, and its cache of fitted pristine Gaussians (``mvg``).
 
     Picklable like PatchStore: the h5py handle is reopened lazily in each process."""
@@ -1273,9 +1267,6 @@ class PristineStore:
         self.n_images = int(n_images)
         self._file: h5py.File | None = None
         self._pid: int | None = None
-        # PatchStore._h5 checks a reopened file against the validated one; the MVG cache rewrites this
-        # store in place (a new inode), so a pristine store is reopened without that check
-        self._identity = None
 
     @classmethod
     def open(cls, path: str | Path) -> "PristineStore":
@@ -1326,13 +1317,13 @@ class PristineStore:
             raise StoreError(f"{path}: unreadable pristine store ({exc}); {rebuild}") from None
         return cls(path, attrs, n, k[0])
 
-    # handle management is PatchStore's (a lazy h5py handle per process, dropped when pickled)
-    _h5 = PatchStore._h5
-    close = PatchStore.close
-    __enter__ = PatchStore.__enter__
-    __exit__ = PatchStore.__exit__
-    __getstate__ = PatchStore.__getstate__
-    __setstate__ = PatchStore.__setstate__
+    def _open_file(self) -> h5py.File:
+        # unlike a patch store's, no identity check: the MVG cache rewrites this store in place (a new inode)
+        try:
+            return h5py.File(self.path, "r", rdcc_nbytes=8 << 20)
+        except Exception as exc:  # noqa: BLE001 - missing, replaced by garbage, ...
+            raise StoreError(f"{self.path}: the pristine store can no longer be read ({_first_line(exc)}); it "
+                             "changed on disk while in use: run the command again") from None
 
     def __repr__(self) -> str:
         return (f"PristineStore({str(self.path)!r}, patches={self.n_patches}, images={self.n_images}, "

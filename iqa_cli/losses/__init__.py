@@ -53,7 +53,8 @@ def hard_rank(x: torch.Tensor) -> torch.Tensor:
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a - a.mean()
     b = b - b.mean()
-    return (a * b).sum() / (torch.sqrt((a * a).sum() * (b * b).sum()) + 1e-12)
+    # clamped inside the root: a constant side gives 0 with a finite gradient (sqrt'(0) is infinite)
+    return (a * b).sum() / (torch.sqrt(((a * a).sum() * (b * b).sum()).clamp_min(1e-30)) + 1e-12)
 
 
 def soft_spearman(pred: torch.Tensor, target: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE

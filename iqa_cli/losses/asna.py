@@ -77,11 +77,18 @@ class AsnaLoss(nn.Module):
         pred, target = pred.flatten(), target.flatten().to(pred.dtype)
         if pred.numel() != target.numel():
             raise ValueError(f"AsnaLoss: {pred.numel()} predictions for {target.numel()} targets")
+        weights = {"mse": self.mse_weight, "pearson": 1.0 - self.mse_weight, "rank": self.rank_weight}
         mse = torch.mean((target - pred) ** 2)
-        r = clipped_pearson(pred, target)
-        target_ranks = hard_rank(target).to(pred.dtype) if self.target_ranks == "exact" else self.ranks(target).detach()
-        rank = torch.mean((target_ranks - self.ranks(pred)) ** 2)
-        total = self.mse_weight * mse + (1.0 - self.mse_weight) * (1.0 - r * r) + self.rank_weight * rank
+        # A term of weight 0 is left off the graph: near-constant predictions (a saturated head)
+        # can give it an infinite gradient, and 0 x inf would make every gradient NaN.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weights["pearson"] != 0):
+            r = clipped_pearson(pred, target)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weights["rank"] != 0):
+            target_ranks = (hard_rank(target).to(pred.dtype) if self.target_ranks == "exact"
+                            else self.ranks(target).detach())
+            rank = torch.mean((target_ranks - self.ranks(pred)) ** 2)
+        parts = {"mse": mse, "pearson": 1.0 - r * r, "rank": rank}
+        total = sum(w * parts[k] for k, w in weights.items() if w != 0)  # m or 1 - m is not 0
         return {"mse": mse, "pearson": r, "rank": rank, "total": total}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

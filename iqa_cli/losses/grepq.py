@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 

@@ -34,7 +34,6 @@ from typing import Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import InvalidInputError, WeightsError
 from .mvg import MVG, fit_mvg, mvg_distance

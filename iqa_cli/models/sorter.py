@@ -174,10 +174,13 @@ def train_sorter(config: SorterConfig | None = None, n_vectors: int = 2_000_000,
 
 @torch.no_grad()
 def recalibrate_batch_norm(model: nn.Module, vectors: torch.Tensor, batch_size: int = 1024,
-                           device: str | torch.device = "cpu") -> None:
+                           device: str | torch.device = "cpu",
+                           part: Callable[[int], slice] | None = None) -> None:
     """Re-estimate BatchNorm running statistics as plain averages over ``vectors`` (a shuffled
     sample of the training distribution). Keras' momentum 0.99 needs thousands of steps to forget
-    the initial (0, 1) statistics, so after a short training the eval-mode network would use wrong ones."""
+    the initial (0, 1) statistics, so after a short training the eval-mode network would use wrong ones.
+    ``part(n)``: the rows of each batch of ``n`` this process runs, when synchronised BatchNorm
+    (several processes) gathers every process's rows into the batch's statistics."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -187,7 +190,8 @@ def recalibrate_batch_norm(model: nn.Module, vectors: torch.Tensor, batch_size: 
         m.momentum = None  # cumulative average
     model.train()
     for first in range(0, len(vectors), batch_size):
-        model(vectors[first:first + batch_size].to(device))
+        batch = vectors[first:first + batch_size]
+        model((batch if part is None else batch[part(len(batch))]).to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
 

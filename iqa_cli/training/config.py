@@ -114,9 +114,42 @@ class TrainConfig:
         return d
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where and how a run of a recipe with its own config (asna, sorter) goes: the fields every
+    such config shares (keyword-only, so they follow the recipe's own)."""
+
+    name: str
+    checkpoints_dir: str = "checkpoints"
+    seed: int | None = None  # None: a random seed, recorded in the checkpoint (and reused by resume)
+    device: str = "auto"
+    num_workers: int | None = None
+    resume: bool = False
+    stop_after_epoch: int | None = None  # a test hook for interrupted runs
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoints_dir) / self.name
+
+
 def _check_int(value, option: str, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         raise InvalidInputError(f"{option} must be an integer >= {minimum}, got {value}")
+
+
+def check_run_name(name) -> None:
+    """A run name is a plain folder name (the run folder is CHECKPOINTS_DIR/NAME)."""
+    if not name or not str(name).strip() or Path(name).name != name or name in (".", ".."):
+        raise InvalidInputError(f"--name {name!r}: expected a plain folder name (no '/'), e.g. --name my_run")
+
+
+def resolve_seed(seed) -> int:
+    """The run's seed: ``seed`` checked, or a fresh random one (recorded in the checkpoint) for None."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2 ** 31))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
+        raise InvalidInputError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")  # torch seeds: 64-bit
+    return int(seed)
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
@@ -125,11 +158,10 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     from ..models.lpips import VERSIONS
     from ..registry import canonical_net
 
-    if not cfg.name or not str(cfg.name).strip() or Path(cfg.name).name != cfg.name or cfg.name in (".", ".."):
-        raise InvalidInputError(f"--name {cfg.name!r}: expected a plain folder name (no '/'), e.g. --name my_run")
+    check_run_name(cfg.name)
     if cfg.method is not None and cfg.method not in METHODS:
-        known = (*METHODS, "graphiqa-pretrain", "graphiqa")  # the GraphIQA ones run from training/graphiqa.py
-        raise InvalidInputError(f"--method {cfg.method}: choose one of {', '.join(known)}")
+        raise InvalidInputError(f"--method {cfg.method}: TrainConfig runs {' or '.join(METHODS)}; the other methods "
+                                f"have configs of their own ('iqa train --help' lists them all)")
     if cfg.method == "mos" and cfg.store is None:
         raise InvalidInputError("--method mos trains on a patch store: give STORE.h5 (from iqa patchify)")
     if cfg.method == "bapps" and cfg.bapps_root is None:
@@ -158,11 +190,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _check_int(cfg.stop_after_epoch, "stop_after_epoch", 0)
     if cfg.num_workers is not None:
         _check_int(cfg.num_workers, "--workers", 0)
-    seed = cfg.seed
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2 ** 31))
-    elif not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:  # torch seeds are 64-bit
-        raise InvalidInputError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    seed = resolve_seed(cfg.seed)
     if cfg.mode == "mos":
         if cfg.loss not in LOSSES:
             raise InvalidInputError(f"--loss {cfg.loss}: choose one of {', '.join(LOSSES)}")

@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar, ContextManager, Iterator
 import numpy as np
 
 from ..errors import InvalidInputError
+from .config import check_run_name, resolve_seed  # noqa: F401 - shared with every recipe
 
 Advance = Callable[..., None]
 Stages = Callable[[str, int, str], ContextManager[Advance]]
@@ -50,11 +51,6 @@ class RunConfig:
         return {**asdict(self), "method": self.method, "mode": self.method}
 
 
-def check_run_name(name: str) -> None:
-    if not name or not str(name).strip() or Path(name).name != name or name in (".", ".."):
-        raise InvalidInputError(f"--name {name!r}: expected a plain folder name (no '/'), e.g. --name my_run")
-
-
 def check_positive_int(value, option: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InvalidInputError(f"{option} must be an integer >= {minimum}, got {value}")
@@ -67,15 +63,6 @@ def check_positive_float(value, option: str, allow_zero: bool = False) -> float:
         raise InvalidInputError(f"{option} must be a {'non-negative' if allow_zero else 'positive'} number, "
                                 f"got {value}")
     return float(value)
-
-
-def resolve_seed(seed: int | None) -> int:
-    """The run's seed: the given one (checked), or a random one recorded in the checkpoint."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % (2 ** 31))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
-        raise InvalidInputError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
-    return int(seed)
 
 
 def cosine_lr(epoch: int, step: int, steps: int, total_epochs: int, lr: float, min_lr: float) -> float:

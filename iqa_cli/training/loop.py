@@ -128,7 +128,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import IQAError, InvalidInputError, WeightsError
+from ..errors import InvalidInputError, WeightsError
 
 ITEM_PURPOSE = 4  # seed purpose of the per-item seeds (recipes number theirs 1, 2, 3, ...)
 LOOP_COLUMNS = ("epoch", "lr", "train_loss")
