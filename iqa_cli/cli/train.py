@@ -49,7 +49,7 @@ def _split_values(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
 
-_METHOD_HELP = ("Training recipe: " + " | ".join(f"{name} ({what})" for name, what in METHODS.items())
+_METHOD_HELP = ("Training recipe. " + "; ".join(f"{name}: {what}" for name, what in METHODS.items())
                 + ". Default: bapps with --bapps, else mos. Each method takes only its own options.")
 
 

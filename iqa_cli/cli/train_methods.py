@@ -16,15 +16,15 @@ from typing import Any, Iterable
 import typer
 
 METHODS: dict[str, str] = {
-    "mos": "Graphics-LPIPS heads from the MOS of a patch store (iqa patchify)",
-    "bapps": "LPIPS heads from BAPPS 2AFC judgments (--bapps)",
-    "graphiqa-pretrain": "GraphIQA on distortion type and level (KADID-10k, iqa distort output)",
+    "mos": "Graphics-LPIPS heads from the MOS of a patch store",
+    "bapps": "LPIPS heads from BAPPS 2AFC judgments, with --bapps",
+    "graphiqa-pretrain": "GraphIQA on distortion type and level, e.g. of iqa distort output",
     "graphiqa": "GraphIQA fine-tuned on the MOS of a database",
-    "grepq-low": "GRepQ's low-level encoder (quality-aware contrastive loss)",
-    "grepq-high": "GRepQ's CLIP encoder (group contrastive loss on pristine images)",
-    "grepq-ridge": "GRepQ's data-efficient model: ridge on the encoders' features",
-    "asna": "the NTIRE 2021 MACS network on a full-reference database (rank-aware loss)",
-    "sorter": "ASNA's learned sorter on random vectors",
+    "grepq-low": "GRepQ's low-level encoder, quality-aware contrastive loss",
+    "grepq-high": "GRepQ's CLIP encoder, group contrastive loss on pristine images",
+    "grepq-ridge": "GRepQ's data-efficient model, ridge on the encoders' features",
+    "asna": "the NTIRE 2021 MACS network on a full-reference database",
+    "sorter": "ASNA's learned sorter, on random vectors",
 }
 
 # what every method takes
