@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import BackboneWeightsOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, emit_json, err_console, progress_bar
+from .common import (BackboneWeightsOpt, DeviceOpt, JsonOpt, MultiValueOptionsCommand, emit_json, err_console,
+                     progress_bar)
 from .train_methods import METHODS, check_options, resolve_method
 
 
@@ -76,8 +77,8 @@ def train(
                                      "other methods 1)."),
     batch_size: int = typer.Option(50, "--batch-size", min=1, help="bapps: triplets per optimiser step; "
                                    "graphiqa-pretrain: crops per graph (32); graphiqa: images per step (32); asna: "
-                                   "pairs (16); sorter: vectors (1024); grepq-low: contents (8); grepq-high: images (128); "
-                                   "grepq-ridge: images per feature batch (8)."),
+                                   "pairs (16); sorter: vectors (1024); grepq-low: contents (8); grepq-high: "
+                                   "images (128); grepq-ridge: images per feature batch (8)."),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size", min=1,
                                         help="Patch pairs per forward pass when scoring the test set (graphiqa: "
                                         "images per scoring work item, 8; asna: image pairs, 16)."),
@@ -338,7 +339,7 @@ class _Reporter:
             err_console.print(self.line(event.row, event.total_epochs))
 
 
-def _num(value, fmt: str = ".4f") -> str:
+def fmt_number(value, fmt: str = ".4f") -> str:
     return "-" if value is None or value != value else format(value, fmt)
 
 
@@ -355,14 +356,14 @@ def epoch_line_start(row: dict, total: int) -> list[str]:
 def _epoch_line(row: dict, total: int) -> str:
     parts = epoch_line_start(row, total)
     if row.get("test_loss") is not None:
-        parts.append(f"test loss {row['test_loss']:.4g}  RMSE {_num(row.get('test_rmse'))}  "
-                     f"SROCC {_num(row.get('test_srocc'))}  PLCC {_num(row.get('test_plcc'))}")
+        parts.append(f"test loss {row['test_loss']:.4g}  RMSE {fmt_number(row.get('test_rmse'))}  "
+                     f"SROCC {fmt_number(row.get('test_srocc'))}  PLCC {fmt_number(row.get('test_plcc'))}")
     if row.get("val_loss") is not None:
         parts.append(f"held-out loss {row['val_loss']:.4g}")
     if row.get("train_2afc") is not None:
-        parts.append(f"train 2AFC {_num(row.get('train_2afc'))}")
+        parts.append(f"train 2AFC {fmt_number(row.get('train_2afc'))}")
     if row.get("val_2afc") is not None:
-        parts.append(f"val 2AFC {_num(row.get('val_2afc'))}")
+        parts.append(f"val 2AFC {fmt_number(row.get('val_2afc'))}")
     if row.get("units_per_s") is not None:
         parts.append(f"({row['units_per_s']:.1f}/s)")
     return "  ".join(parts)
@@ -383,13 +384,13 @@ def _print_summary(result) -> None:
         table.add_row("stimuli train / test", f"{result.n_train} / {result.n_test}")
         for key, label in (("test_loss", "test loss"), ("test_rmse", "test RMSE (raw)"), ("test_srocc", "test SROCC"),
                            ("test_plcc", "test PLCC")):
-            table.add_row(label, _num(result.final.get(key)))
+            table.add_row(label, fmt_number(result.final.get(key)))
     else:
         table.add_row("training triplets", str(result.n_train))
-        table.add_row("val 2AFC (mean)", _num(result.final.get("val_2afc")))
+        table.add_row("val 2AFC (mean)", fmt_number(result.final.get("val_2afc")))
         for key, value in result.final.items():
             if key.startswith("val_") and key != "val_2afc":
-                table.add_row(f"  {key[4:]}", _num(value))
+                table.add_row(f"  {key[4:]}", fmt_number(value))
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("metrics", str(result.metrics_csv))
     table.add_row("curves", str(result.curves_png))

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 
 from .common import emit_json, err_console
+from .train import fmt_number
 from .train_methods import config_values
-
 
 RENAMES = {"nepoch": "epochs", "testset_freq": "eval_every", "split": "train_fraction", "db_format": "format",
            "vectors": "n_vectors"}
@@ -60,18 +60,14 @@ def train_asna_command(ctx: typer.Context, v: dict, method: str) -> None:
         _print_sorter(result)
 
 
-def _num(value, fmt: str = ".4f") -> str:
-    return "-" if value is None or value != value else format(value, fmt)
-
-
 def asna_epoch_line(row: dict, total: int) -> str:
     from .train import epoch_line_start
 
     parts = epoch_line_start(row, total)
     if row.get("val_srocc") is not None:
-        parts.append(f"val SROCC {_num(row['val_srocc'])}")
+        parts.append(f"val SROCC {fmt_number(row['val_srocc'])}")
     if row.get("test_srocc") is not None:
-        parts.append(f"test SROCC {_num(row['test_srocc'])}  PLCC {_num(row.get('test_plcc'))}")
+        parts.append(f"test SROCC {fmt_number(row['test_srocc'])}  PLCC {fmt_number(row.get('test_plcc'))}")
     if row.get("units_per_s") is not None:
         parts.append(f"({row['units_per_s']:.1f} pairs/s)")
     return "  ".join(parts)
@@ -82,8 +78,8 @@ def sorter_epoch_line(row: dict, total: int) -> str:
 
     parts = epoch_line_start(row, total)
     if row.get("rank_error") is not None:
-        parts.append(f"rank error {_num(row['rank_error'])}  Spearman gap {_num(row.get('spearman_gap'))} "
-                     f"(max {_num(row.get('spearman_gap_max'))})")
+        parts.append(f"rank error {fmt_number(row['rank_error'])}  Spearman gap {fmt_number(row.get('spearman_gap'))} "
+                     f"(max {fmt_number(row.get('spearman_gap_max'))})")
     if row.get("units_per_s") is not None:
         parts.append(f"({row['units_per_s']:.0f} vectors/s)")
     return "  ".join(parts)
@@ -109,7 +105,7 @@ def _print_asna(result) -> None:
     table.add_row("best epoch", f"{result.best_epoch}" + (" (validation SROCC)" if result.n_val else " (the last)"))
     for key, label in (("val_srocc", "validation SROCC"), ("test_srocc", "test SROCC"), ("test_plcc", "test PLCC"),
                        ("test_rmse", "test RMSE (standardised)")):
-        table.add_row(f"{label} at the best epoch", _num(result.best.get(key)))
+        table.add_row(f"{label} at the best epoch", fmt_number(result.best.get(key)))
     table.add_row("best checkpoint", str(result.best_checkpoint))
     table.add_row("split", str(result.split_file))
     table.add_row("metrics", str(run.metrics_csv))
@@ -128,9 +124,9 @@ def _print_sorter(result) -> None:
     table.add_column("value", justify="right")
     table.add_row("epochs", _epochs(result))
     table.add_row("training vectors", str(result.n_train))
-    table.add_row("mean |rank error| (fresh vectors)", _num(result.final.get("rank_error")))
+    table.add_row("mean |rank error| (fresh vectors)", fmt_number(result.final.get("rank_error")))
     table.add_row("Spearman gap, mean / max (fresh pairs)",
-                  f"{_num(result.final.get('spearman_gap'))} / {_num(result.final.get('spearman_gap_max'))}")
+                  " / ".join(fmt_number(result.final.get(k)) for k in ("spearman_gap", "spearman_gap_max")))
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("metrics", str(result.metrics_csv))
     table.add_row("time", f"{result.seconds:.1f} s")

@@ -8,10 +8,13 @@ library and renders the result.
 from __future__ import annotations
 
 from pathlib import Path
+
 import typer
 
 from .common import emit_json, err_console, progress_bar
+from .train import fmt_number
 from .train_methods import config_values
+
 
 def train_grepq_command(ctx: typer.Context, v: dict, method: str) -> None:
     """Run ``method`` with the options given (the config's defaults for the others), print the result."""
@@ -52,10 +55,6 @@ def train_grepq_command(ctx: typer.Context, v: dict, method: str) -> None:
         _print_training(result)
 
 
-def _num(value, fmt: str = ".4f") -> str:
-    return "-" if value is None or value != value else format(value, fmt)
-
-
 def _print_training(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -70,9 +69,9 @@ def _print_training(result) -> None:
     table.add_row(f"training {unit}" + (" / held out" if result.n_test else ""),
                   f"{result.n_train}" + (f" / {result.n_test}" if result.n_test else ""))
     last = result.history[-1] if result.history else {}
-    table.add_row("last train loss", _num(last.get("train_loss")))
+    table.add_row("last train loss", fmt_number(last.get("train_loss")))
     if result.final.get("val_loss") is not None:
-        table.add_row("held-out loss", _num(result.final.get("val_loss")))
+        table.add_row("held-out loss", fmt_number(result.final.get("val_loss")))
     table.add_row("checkpoint", str(result.checkpoint))
     use = ("--low-level-weights" if result.mode == "grepq-low" else "--clip-weights or --clip-visual-weights")
     table.add_row("use it as", f"grepq {use}")
@@ -92,9 +91,10 @@ def _print_ridge(report) -> None:
     for column in ("split", "train", "test", "alpha", "SROCC", "PLCC", "KROCC", "RMSE"):
         table.add_column(column, justify="right")
     for s in report.splits:
-        table.add_row(str(s.repeat), str(s.n_train), str(s.n_test), f"{s.alpha:g}", _num(s.srocc), _num(s.plcc),
-                      _num(s.krocc), _num(s.rmse, ".4g"))
-    table.add_row("median", "", "", "", _num(report.median_srocc), _num(report.median_plcc), "", "", style="bold")
+        table.add_row(str(s.repeat), str(s.n_train), str(s.n_test), f"{s.alpha:g}", fmt_number(s.srocc),
+                      fmt_number(s.plcc), fmt_number(s.krocc), fmt_number(s.rmse, ".4g"))
+    table.add_row("median", "", "", "", fmt_number(report.median_srocc), fmt_number(report.median_plcc), "", "",
+                  style="bold")
     console = Console()
     console.print(table)
     cached = "read from the cache" if report.features_cached else "computed and cached"

@@ -99,8 +99,8 @@ def check_options(ctx: typer.Context, method: str) -> None:
 def config_values(ctx: typer.Context, values: dict[str, Any], method: str, renames: dict[str, str] | None = None,
                   always: Iterable[str] = ("name", "checkpoints_dir", "seed", "device", "workers")) -> dict[str, Any]:
     """The keyword arguments of ``method``'s library config: every option it takes that the user
-    gave (``values``: the command's arguments), plus ``always``; renamed to the config's field names (``renames``, then the shared ones),
-    paths as strings, --db-option parsed, --no-cache as use_cache where the config says so."""
+    gave (``values``: the command's arguments), plus ``always``; renamed to the config's field names
+    (``renames``, then the shared ones), paths as strings, --db-option parsed."""
     from ..datasets.formats import parse_format_options
 
     renames = {"workers": "num_workers", **(renames or {})}
