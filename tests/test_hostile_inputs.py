@@ -449,6 +449,16 @@ def test_fifos_and_devices_are_refused_up_front(cli, fifo, db, store, examples, 
     assert leftovers(tmp_path) == []
 
 
+def test_every_store_kind_refuses_a_fifo_before_reading_it(fifo):
+    """The HDF5 check would block on a pipe nobody writes to: every store's open() asks first."""
+    from iqa_cli.errors import StoreError
+    from iqa_cli.io.store import ImageStore, PatchStore, PristineStore
+
+    for store in (PatchStore, ImageStore, PristineStore):
+        with pytest.raises(StoreError, match="is a FIFO \\(named pipe\\), not a regular file"):
+            store.open(fifo)
+
+
 # -- 9. images between PIL's warning and error limits ----------------------------------------------
 def test_decompression_bomb_warning_is_one_clean_line(cli, examples, monkeypatch):
     from PIL import Image

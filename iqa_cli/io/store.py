@@ -379,6 +379,23 @@ class StoreWriter:
 # reader
 # ---------------------------------------------------------------------------------------------
 
+def _require_store_file(path: Path, what: str, build: str, rebuild: str) -> None:
+    """StoreError unless ``path`` is an existing regular HDF5 file: missing, a folder, a special file
+    (a FIFO would block the HDF5 check) or other bytes each get their one line. ``what`` names the
+    store ("patch store"), ``build`` how to make one, ``rebuild`` how to replace a damaged one."""
+    from .files import require_regular_file
+
+    if not path.exists() and not path.is_symlink():
+        raise StoreError(f"{path}: no such {what} ({build})")
+    require_regular_file(path, f"a {what} .h5 file ({build})", error=StoreError)
+    try:
+        is_hdf5 = h5py.is_hdf5(str(path))
+    except Exception:  # noqa: BLE001 - h5py raises OSError or RuntimeError on damaged bytes
+        is_hdf5 = False
+    if not is_hdf5:
+        raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not a {what}); {rebuild}")
+
+
 class _PerProcessHandle:
     """A reader's h5py handle, one per process: opened on first use (``_open_file``), reopened after
     a fork, dropped when pickled, so each DataLoader worker reads through a handle of its own.
@@ -453,19 +470,9 @@ class PatchStore(_PerProcessHandle):
         """Validate a store: sizes and tables are read from one open and kept; patches are read
         later through handles opened on demand (one per process), each checked to be the very
         file validated here, so a store rebuilt or replaced meanwhile is reported, never mixed."""
-        from .files import require_regular_file
-
         path = Path(path)
         rebuild = "rebuild it with iqa patchify --force"
-        if not path.exists() and not path.is_symlink():
-            raise StoreError(f"{path}: no such patch store (build it with iqa patchify)")
-        require_regular_file(path, "a patch store .h5 file (build one with iqa patchify)", error=StoreError)
-        try:
-            is_hdf5 = h5py.is_hdf5(str(path))
-        except Exception:  # noqa: BLE001 - h5py raises OSError or RuntimeError on damaged bytes
-            is_hdf5 = False
-        if not is_hdf5:
-            raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not a patch store); {rebuild}")
+        _require_store_file(path, "patch store", "build one with iqa patchify", rebuild)
         try:
             f = h5py.File(path, "r", rdcc_nbytes=8 << 20)
         except Exception as exc:  # noqa: BLE001 - damaged metadata: OSError, RuntimeError, KeyError, ...
@@ -948,16 +955,7 @@ class ImageStore(_PerProcessHandle):
     def open(cls, path: str | Path) -> "ImageStore":
         path = Path(path)
         rebuild = "rebuild it with iqa patchify --from-db ROOT --format NAME --out FILE --force"
-        if not path.exists():
-            raise StoreError(f"{path}: no such image cache (build it with iqa patchify --from-db ROOT --out FILE)")
-        if path.is_dir():
-            raise StoreError(f"{path}: is a folder, expected an image cache .h5 file")
-        try:
-            is_hdf5 = h5py.is_hdf5(str(path))
-        except OSError:
-            is_hdf5 = False
-        if not is_hdf5:
-            raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not an image cache); {rebuild}")
+        _require_store_file(path, "image cache", "build one with iqa patchify --from-db ROOT --out FILE", rebuild)
         try:
             with h5py.File(path, "r") as f:
                 attrs = {k: f.attrs[k] for k in f.attrs.keys()}
@@ -1272,16 +1270,7 @@ class PristineStore(_PerProcessHandle):
     def open(cls, path: str | Path) -> "PristineStore":
         path = Path(path)
         rebuild = "rebuild it with iqa patchify --pristine IMAGES/ --force"
-        if not path.exists():
-            raise StoreError(f"{path}: no such pristine store (build one with iqa patchify --pristine IMAGES/)")
-        if path.is_dir():
-            raise StoreError(f"{path}: is a folder, expected a pristine store .h5 file (iqa patchify --pristine)")
-        try:
-            is_hdf5 = h5py.is_hdf5(str(path))
-        except OSError:
-            is_hdf5 = False
-        if not is_hdf5:
-            raise StoreError(f"{path}: not an HDF5 file (corrupt, truncated or not a pristine store); {rebuild}")
+        _require_store_file(path, "pristine store", "build one with iqa patchify --pristine IMAGES/", rebuild)
         try:
             with h5py.File(path, "r") as f:
                 attrs = {k: f.attrs[k] for k in f.attrs.keys()}
