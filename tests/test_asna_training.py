@@ -231,6 +231,22 @@ def test_the_sorter_trains_reports_its_quality_and_serves_as_the_ranker(tid, tmp
     assert run["history"][1]["train_rank"] is not None and run["config"]["batch_size"] == 16
 
 
+@pytest.mark.slow
+def test_without_json_sorter_and_asna_print_their_summaries(tid, tmp_path, cli):
+    done = cli("train", "--method", "sorter", "--name", "s", "--checkpoints-dir", tmp_path / "ck", "--preset", "small",
+               "--vectors", "256", "--batch-size", "128", "--nepoch", "1", "--seed", "0", "--device", "cpu",
+               "--workers", "0")
+    assert done.exit_code == 0, done.stderr
+    assert "sorter, small preset" in done.stdout and "Spearman gap, mean / max" in done.stdout
+    assert "rank error" in done.stderr and "--ranker sorter --sorter" in done.stderr
+    done = cli("train", "--method", "asna", tid, "--name", "a", "--checkpoints-dir", tmp_path / "ck", "--cache",
+               tmp_path / "c.h5", "--size", "16", "--nepoch", "1", "--val-fraction", "0.2", "--seed", "0", "--device",
+               "cpu", "--workers", "0")
+    assert done.exit_code == 0, done.stderr
+    assert "pairs train / val / test" in done.stdout and "test SROCC at the best epoch" in done.stdout
+    assert "epoch 1/1" in done.stderr and "eval-db DB --metric asna --checkpoint" in done.stderr
+
+
 # -- bad input -----------------------------------------------------------------------------------------
 def _one_line_error(done, *words):
     assert done.exit_code == 1, (done.exit_code, done.stdout, done.stderr)

@@ -323,6 +323,21 @@ def test_init_with_another_k_names_both_sizes(work, pretrained, tmp_path):
     assert "--embed-size 8" in line and no_run_folder(ck)
 
 
+@pytest.mark.slow
+def test_without_json_each_stage_prints_its_summary(work, pretrained, tmp_path):
+    ck = tmp_path / "ck"
+    code, out, err = invoke("train", work["pre"], "--name", "p", "--checkpoints-dir", ck, *PRETRAIN[:-6],
+                            "--nepoch", "1", "--eval-triplets", "1", *COMMON)
+    assert code == 0, err
+    assert "graphiqa-pretrain, K=8" in out and "held-out triplet accuracy" in out and "1/1" in out
+    assert "epoch 1/1" in err and "triplet acc" in err  # the epoch line on stderr
+    code, out, err = invoke("train", work["ft"], "--name", "f", "--checkpoints-dir", ck, *FINETUNE[:4], "--nepoch",
+                            "1", *COMMON, "--init", pretrained["checkpoint"])
+    assert code == 0, err
+    assert "images train / val / test" in out and "best checkpoint" in out and "val SROCC at the best epoch" in out
+    assert "val SROCC" in err
+
+
 def test_option_mistakes_are_one_line(work, tmp_path):
     ck = tmp_path / "ck"
     one_line_error(invoke("train", work["pre"], "--name", "e", "--checkpoints-dir", ck, *PRETRAIN, "--init",

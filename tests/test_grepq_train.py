@@ -340,6 +340,29 @@ def one_line(result, *needles, code: int = 1):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_cli_passes_each_option_to_the_recipe_and_prints_a_summary(cli, photos, clip_file, pristine_folder,
+                                                                        tmp_path):
+    ck = ["--checkpoints-dir", tmp_path / "ck", "--seed", str(SEED), "--device", "cpu", "--workers", "0"]
+    low = cli("train", photos["train"], "--method", "grepq-low", "--name", "l", "--versions", "3", "--batch-size",
+              "4", "--nepoch", "1", "--lr", "1e-3", "--fragment-grid", "4", "--fragment-piece", "16",
+              "--weight-decay", "0.01", "--cache", photos["root"] / "images.h5", "--fsim-cache", photos["fsim"], *ck,
+              "--json")
+    assert low.exit_code == 0, low.stderr
+    config = json.loads(low.stdout)["config"]
+    assert {k: config[k] for k in ("versions", "batch_size", "epochs", "lr", "fragment_grid", "fragment_piece",
+                                   "weight_decay", "seed")} == {
+        "versions": 3, "batch_size": 4, "epochs": 1, "lr": 1e-3, "fragment_grid": 4, "fragment_piece": 16,
+        "weight_decay": 0.01, "seed": SEED}
+    assert config["min_lr"] == GRepQLowConfig(name="-", root="-").min_lr  # not an option: the recipe's default
+    high = cli("train", pristine_folder, "--method", "grepq-high", "--name", "h", "--clip-weights", clip_file,
+               "--batch-size", "8", "--group-size", "2", "--nepoch", "1", "--crop", "64", *ck)
+    assert high.exit_code == 0, high.stderr
+    assert "iqa train h (grepq-high)" in high.stdout and "--clip-weights or --clip-visual-weights" in high.stdout
+    saved = torch.load(tmp_path / "ck" / "h" / "latest.pth", weights_only=True)
+    assert saved["config"]["group_size"] == 2 and saved["config"]["crop"] == 64 and saved["config"]["epochs"] == 1
+
+
 def test_bad_input_is_one_line(cli, photos, tmp_path):
     ck = ["--checkpoints-dir", tmp_path / "ck", "--device", "cpu"]
     high = ["train", photos["pristine"], "--method", "grepq-high", "--name", "h", *ck]

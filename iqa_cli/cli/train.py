@@ -339,6 +339,13 @@ class _Reporter:
             err_console.print(self.line(event.row, event.total_epochs))
 
 
+def epochs_text(run) -> str:
+    """'3/10', with '(resumed from 2)' and '(stopped early)' where they apply: every summary's epochs row."""
+    return (f"{run.epochs_completed}/{run.total_epochs}"
+            + (f" (resumed from {run.resumed_from})" if run.resumed_from is not None else "")
+            + (" (stopped early)" if run.stopped_early else ""))
+
+
 def fmt_number(value, fmt: str = ".4f") -> str:
     return "-" if value is None or value != value else format(value, fmt)
 
@@ -377,9 +384,7 @@ def _print_summary(result) -> None:
                         f"{result.config['head']} heads)")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("epochs", f"{result.epochs_completed}/{result.total_epochs}"
-                  + (f" (resumed from {result.resumed_from})" if result.resumed_from is not None else "")
-                  + (" (stopped early)" if result.stopped_early else ""))
+    table.add_row("epochs", epochs_text(result))
     if result.mode == "mos":
         table.add_row("stimuli train / test", f"{result.n_train} / {result.n_test}")
         for key, label in (("test_loss", "test loss"), ("test_rmse", "test RMSE (raw)"), ("test_srocc", "test SROCC"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from .common import emit_json, err_console
-from .train import fmt_number
+from .train import epochs_text, fmt_number
 from .train_methods import config_values
 
 RENAMES = {"nepoch": "epochs", "testset_freq": "eval_every", "split": "train_fraction", "db_format": "format",
@@ -85,12 +85,6 @@ def sorter_epoch_line(row: dict, total: int) -> str:
     return "  ".join(parts)
 
 
-def _epochs(run) -> str:
-    return (f"{run.epochs_completed}/{run.total_epochs}"
-            + (f" (resumed from {run.resumed_from})" if run.resumed_from is not None else "")
-            + (" (stopped early)" if run.stopped_early else ""))
-
-
 def _print_asna(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -100,7 +94,7 @@ def _print_asna(result) -> None:
                         f"{cfg['variant'] or 'of the preset'})")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("epochs", _epochs(run))
+    table.add_row("epochs", epochs_text(run))
     table.add_row("pairs train / val / test", f"{run.n_train} / {result.n_val} / {run.n_test}")
     table.add_row("best epoch", f"{result.best_epoch}" + (" (validation SROCC)" if result.n_val else " (the last)"))
     for key, label in (("val_srocc", "validation SROCC"), ("test_srocc", "test SROCC"), ("test_plcc", "test PLCC"),
@@ -122,7 +116,7 @@ def _print_sorter(result) -> None:
     table = Table(title=f"iqa train {result.name} (sorter, {result.config['preset']} preset)")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("epochs", _epochs(result))
+    table.add_row("epochs", epochs_text(result))
     table.add_row("training vectors", str(result.n_train))
     table.add_row("mean |rank error| (fresh vectors)", fmt_number(result.final.get("rank_error")))
     table.add_row("Spearman gap, mean / max (fresh pairs)",

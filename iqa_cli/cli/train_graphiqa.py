@@ -52,15 +52,13 @@ def _print_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .train import fmt_number
+    from .train import epochs_text, fmt_number
 
     k = result.model.embed_size if result.model is not None else result.config.get("embed_size")
     table = Table(title=f"iqa train {result.name} ({result.mode}, K={k})")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("epochs", f"{result.epochs_completed}/{result.total_epochs}"
-                  + (f" (resumed from {result.resumed_from})" if result.resumed_from is not None else "")
-                  + (" (stopped early)" if result.stopped_early else ""))
+    table.add_row("epochs", epochs_text(result))
     final, best = result.final, result.best
     if result.mode == "graphiqa-pretrain":
         table.add_row("images train / held out", f"{result.n_train} / {result.n_test}")

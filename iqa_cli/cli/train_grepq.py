@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from .common import emit_json, err_console, progress_bar
-from .train import fmt_number
+from .train import epochs_text, fmt_number
 from .train_methods import config_values
 
 
@@ -62,9 +62,7 @@ def _print_training(result) -> None:
     table = Table(title=f"iqa train {result.name} ({result.mode})")
     table.add_column("")
     table.add_column("value", justify="right")
-    table.add_row("epochs", f"{result.epochs_completed}/{result.total_epochs}"
-                  + (f" (resumed from {result.resumed_from})" if result.resumed_from is not None else "")
-                  + (" (stopped early)" if result.stopped_early else ""))
+    table.add_row("epochs", epochs_text(result))
     unit = "contents" if result.mode == "grepq-low" else "images"
     table.add_row(f"training {unit}" + (" / held out" if result.n_test else ""),
                   f"{result.n_train}" + (f" / {result.n_test}" if result.n_test else ""))
