@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import InvalidInputError, IQAError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 Advance = Callable[[int], None]
 
 
@@ -145,16 +145,63 @@ def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
-def autocast(device: torch.device, precision: str = "fp32"):
-    """Mixed precision for the forward pass; fp32 everywhere on the CPU."""
+def check_precision(precision: str) -> str:
+    """The --precision value, checked before any work starts."""
     if precision not in PRECISIONS:
         raise InvalidInputError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type != "cuda":
-        raise InvalidInputError(f"--precision {precision} needs a CUDA device (the CPU path runs in fp32)")
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "fp32", metric: Any = None):
+    """The arithmetic of one metric's forward pass on ``device``.
+
+    fp32 is full fp32 on CUDA as on the CPU: cuDNN's TF32 convolutions (torch's default) are
+    switched off for the block, so CUDA and CPU scores agree to ~1e-5. tf32, fp16 and bf16 apply
+    only to metrics that declare ``half_precision`` (the deep networks, whose convolutions and
+    matrix products are what they speed up); the others (PSNR, SSIM, NIQE, ...) compute variances
+    that lose their digits in 16 or 19 bits, so they run in fp32 whatever is asked. On the CPU
+    fp16/bf16 run too (torch's CPU autocast) but are seldom faster, and tf32 is fp32: these
+    precisions are meant for CUDA.
+    """
+    check_precision(precision)
+    if metric is not None and not getattr(metric, "half_precision", False):
+        precision = "fp32"
+    stack = contextlib.ExitStack()
+    if device.type == "cuda":
+        # TF32 only where asked; what autocast leaves in fp32 (heads, norms) stays exact
+        stack.enter_context(_cuda_fp32_mode("tf32" if precision == "tf32" else "ieee"))
+    if precision in ("fp16", "bf16"):
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=_HALF[precision]))
+    elif torch.is_autocast_enabled(device.type):  # a caller's own autocast: fp32 means fp32
+        stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+    return stack
+
+
+_HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def _cuda_fp32_mode(mode: str) -> Iterator[None]:
+    """cuDNN convolutions and CUDA matrix products on fp32 tensors in full fp32 ("ieee") or TF32
+    ("tf32") inside the block; the process's settings come back afterwards."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):  # torch >= 2.9's settings
+        knobs = (cudnn_conv, torch.backends.cuda.matmul)
+        before = [k.fp32_precision for k in knobs]
+        for knob in knobs:
+            knob.fp32_precision = mode
+        try:
+            yield
+        finally:
+            for knob, value in zip(knobs, before):
+                knob.fp32_precision = value
+        return
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def worker_message(exc: BaseException) -> str | None:
@@ -738,7 +785,7 @@ def _score_store_pairs(store, metric, chunks, dev, precision, num_workers, dista
     """Any full-reference metric on the store: each batch's reference patches are read by row and
     the pairs scored as images (no features to reuse)."""
     loader = make_loader(_StoreChunks(store, chunks), None, dev, num_workers=num_workers)
-    with torch.inference_mode(), autocast(dev, precision):
+    with torch.inference_mode(), autocast(dev, precision, metric):
         for i, patches, refs in batches(loader):
             start, stop = chunks[i]
             unique, inverse = np.unique(refs.numpy(), return_inverse=True)
@@ -778,7 +825,7 @@ def score_store_patches(store, metric, stimulus_rows=None, batch_size: int | Non
         return distances
     references = _ReferenceFeatures(store, metric, dev, batch_size)
     loader = make_loader(_StoreChunks(store, mine), None, dev, num_workers=num_workers)
-    with torch.inference_mode(), autocast(dev, precision):
+    with torch.inference_mode(), autocast(dev, precision, metric):
         for i, patches, refs in loader:
             start, stop = mine[i]
             feats = metric.features(to_device(patches, dev))

@@ -140,7 +140,7 @@ def _score_item(metric, ref, dist):
 
 def score_table(table, metrics: Sequence, store=None, batch_size: int = 32, device="auto",
                 num_workers: int | None = None, advance: Advance | None = None,
-                short_side: int | None = None) -> dict[str, np.ndarray]:
+                short_side: int | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
     """Every metric's score of every row, float64 (N,) arrays keyed by metric name, in one pass
     over the images (see the module docstring); a "metric" whose ``score`` gives (n, d) rows (a
     feature extractor, e.g. GRepQ's data-efficient features) gets an (N, d) array. ``store``: an ImageStore of the table (else the
@@ -148,8 +148,9 @@ def score_table(table, metrics: Sequence, store=None, batch_size: int = 32, devi
     import torch
 
     from .datasets.cache import ImageDataset, TableImageDataset, resolve_short_side
-    from .engine import make_loader, resolve_device, shard_work, to_device_float
+    from .engine import autocast, check_precision, make_loader, resolve_device, shard_work, to_device_float
 
+    check_precision(precision)
     check_metrics_fit(table, metrics)
     dev = resolve_device(device)
     side = resolve_short_side(table, short_side)
@@ -171,7 +172,11 @@ def score_table(table, metrics: Sequence, store=None, batch_size: int = 32, devi
                 raise InvalidInputError(error)
             x = to_device_float(dist, dev)
             r = None if ref is None else to_device_float(ref[None], dev)
-            mine.append({m.name: _score_item(m, r, x).double().cpu().numpy() for m in metrics})
+            scored = {}
+            for m in metrics:
+                with autocast(dev, precision, m):
+                    scored[m.name] = _score_item(m, r, x).double().cpu().numpy()
+            mine.append(scored)
             if advance is not None:
                 advance(len(items[i].rows))
     scores = {m.name: np.full(len(table), np.nan) for m in metrics}
@@ -250,7 +255,7 @@ def _relative_refs(table) -> list[str | None]:
 
 def eval_db(table, metrics: Sequence, store=None, batch_size: int = 32, device="auto", bootstrap: int = 1000,
             seed: int = 0, level: float = 0.95, num_workers: int | None = None, advance: Advance | None = None,
-            short_side: int | None = None, cache: dict | None = None) -> EvalResult:
+            short_side: int | None = None, cache: dict | None = None, precision: str = "fp32") -> EvalResult:
     """Score ``table`` with every metric and report their agreement with its human scores.
 
     Resampling for the intervals follows the database: whole reference contents for synthetic
@@ -260,7 +265,7 @@ def eval_db(table, metrics: Sequence, store=None, batch_size: int = 32, device="
     names = [m.name for m in metrics]
     if len(set(names)) != len(names):
         raise InvalidInputError(f"--metric {sorted({n for n in names if names.count(n) > 1})[0]} is given twice")
-    scores = score_table(table, metrics, store, batch_size, device, num_workers, advance, short_side)
+    scores = score_table(table, metrics, store, batch_size, device, num_workers, advance, short_side, precision)
     lower_better = {m.name: bool(m.lower_better) for m in metrics}
     notes = list(table.warnings)
     report = None

@@ -125,18 +125,20 @@ MapSink = Callable[[Path, Path, np.ndarray], None]
 
 def score_pairs(plan: PairPlan, metrics, batch_size: int = 32, device: str = "auto", resize: bool = False,
                 on_spatial_map: MapSink | None = None, advance: Callable[[int], None] | None = None,
-                sizes: list[tuple[int, int]] | None = None) -> list[PairScore]:
+                sizes: list[tuple[int, int]] | None = None, precision: str = "fp32") -> list[PairScore]:
     """Scores of every planned pair under each metric, batched by image size, in the plan's order.
 
     ``metrics``: one full-reference metric or a list of them; every image is decoded once and
-    scored by all of them in the same pass. ``on_spatial_map(ref, dist, map)`` receives each pair's
+    scored by all of them in the same pass. ``precision`` fp16/bf16 runs the deep networks under
+    autocast (engine.autocast). ``on_spatial_map(ref, dist, map)`` receives each pair's
     (H, W) distance map from the first metric that makes maps, as soon as its batch is done, so maps
     of a large folder are never all held in memory.
     """
     import torch
 
-    from .engine import make_loader, resolve_device, shard_work, to_device_float
+    from .engine import autocast, check_precision, make_loader, resolve_device, shard_work, to_device_float
 
+    check_precision(precision)
     metrics = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
     map_maker = next((m for m in metrics if getattr(m, "makes_maps", False)), None)
     if on_spatial_map is not None and map_maker is None:
@@ -167,11 +169,12 @@ def score_pairs(plan: PairPlan, metrics, batch_size: int = 32, device: str = "au
             columns: dict[str, np.ndarray] = {}
             heat = None
             for metric in metrics:
-                if metric is map_maker and on_spatial_map is not None:
-                    scores, maps = metric.score_with_maps(x0, x1)
-                    heat = maps.float().cpu().numpy()
-                else:
-                    scores = metric.score(x0, x1)
+                with autocast(dev, precision, metric):
+                    if metric is map_maker and on_spatial_map is not None:
+                        scores, maps = metric.score_with_maps(x0, x1)
+                        heat = maps.float().cpu().numpy()
+                    else:
+                        scores = metric.score(x0, x1)
                 columns[metric.name] = scores.reshape(len(idx), -1).mean(dim=1).double().cpu().numpy()
             for j, i in enumerate(idx):
                 ref, dist = plan.pairs[i]

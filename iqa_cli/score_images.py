@@ -83,12 +83,14 @@ def _collate(items):
 
 
 def score_images(plan: ImagePlan, metrics, batch_size: int = 16, device="auto", num_workers: int | None = None,
-                 advance: Callable[[int], None] | None = None) -> list[ImageScore]:
-    """Every metric's score of every planned image, in the plan's order."""
+                 advance: Callable[[int], None] | None = None, precision: str = "fp32") -> list[ImageScore]:
+    """Every metric's score of every planned image, in the plan's order (``precision``: see
+    engine.autocast)."""
     import torch
 
-    from .engine import make_loader, resolve_device, shard_work, to_device_float
+    from .engine import autocast, check_precision, make_loader, resolve_device, shard_work, to_device_float
 
+    check_precision(precision)
     metrics = list(metrics)
     for metric in metrics:
         if metric.kind != "nr":
@@ -117,7 +119,11 @@ def score_images(plan: ImagePlan, metrics, batch_size: int = 16, device="auto", 
             if error:
                 raise InvalidInputError(error)
             x = to_device_float(images, dev)
-            mine.append({m.name: m.score(x).double().cpu().numpy() for m in metrics})
+            scored = {}
+            for m in metrics:
+                with autocast(dev, precision, m):
+                    scored[m.name] = m.score(x).double().cpu().numpy()
+            mine.append(scored)
             if advance is not None:
                 advance(len(idx))
     results: list[ImageScore | None] = [None] * len(plan.files)

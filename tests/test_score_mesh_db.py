@@ -183,12 +183,24 @@ def test_bad_store_is_one_line_error(cli, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()
 
 
-def test_unknown_fit_and_precision_on_cpu(cli, render_store):
+def test_unknown_fit_and_precision(cli, render_store):
     _, _, store_path = render_store
     r = cli("score-mesh-db", store_path, "--fit", "cubic")
     assert r.exit_code == 1 and "glm" in r.stderr
-    r = cli("score-mesh-db", store_path, "--precision", "fp16", "--device", "cpu")
-    assert r.exit_code == 1 and "CUDA" in r.stderr
+    r = cli("score-mesh-db", store_path, "--precision", "fp8", "--device", "cpu")
+    assert r.exit_code == 1 and "--precision fp8" in r.stderr and "bf16" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_half_precision_on_the_store_path_stays_close_to_fp32(render_store):
+    """Reference features are cached under autocast and reused: bf16 scores within LPIPS's stated
+    tolerance (tests/test_precision.py), and not equal, so autocast really ran."""
+    _, _, store_path = render_store
+    metric = create_metric("lpips", net="alex")
+    fp32 = stimulus_scores(store_path, metric, device="cpu")
+    bf16 = stimulus_scores(store_path, metric, device="cpu", precision="bf16")
+    np.testing.assert_allclose(bf16, fp32, rtol=5e-3, atol=1e-4)
+    assert not np.array_equal(bf16, fp32)
 
 
 @pytest.mark.cuda

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from .common import (BackboneWeightsOpt, CheckpointOpt, ClipVisualWeightsOpt, ClipWeightsOpt, CropsOpt,
-                     DestandardiseOpt, DeviceOpt, JsonOpt, LowLevelWeightsOpt, NetOpt, OrderOpt, PristineOpt,
+                     DestandardiseOpt, DeviceOpt, JsonOpt, LowLevelWeightsOpt, NetOpt, OrderOpt, PrecisionOpt,
+                     PristineOpt,
                      SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
 
 
@@ -46,6 +47,7 @@ def eval_db(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the bootstrap resampling."),
     device: str = DeviceOpt,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Distorted images per forward pass."),
+    precision: str = PrecisionOpt,
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader processes reading images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write one row per image, one column per metric (CSV)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Scatter per metric with its fit, and SROCC per "
@@ -71,6 +73,9 @@ def eval_db(
     from ..errors import InvalidInputError
     from ..io.files import check_output_paths
 
+    from ..engine import check_precision
+
+    check_precision(precision)
     if no_cache and cache is not None:
         raise InvalidInputError("--cache and --no-cache contradict each other: give one")
     table = read_database(root, db_format, **parse_format_options(db_options))
@@ -117,7 +122,8 @@ def eval_db(
 
     with progress_bar("scoring", len(table), "images", enabled=not as_json) as advance:
         result = run(table, models, store=store, batch_size=batch_size, device=device, bootstrap=bootstrap, seed=seed,
-                     num_workers=workers, advance=advance, short_side=short_side, cache=cache_info)
+                     num_workers=workers, advance=advance, short_side=short_side, cache=cache_info,
+                     precision=precision)
     if out is not None:
         _write_csv(out, result)
     if plot is not None and result.report is not None:

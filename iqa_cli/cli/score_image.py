@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from .common import (BackboneWeightsOpt, CheckpointOpt, ClipVisualWeightsOpt, ClipWeightsOpt, CropsOpt, DeviceOpt,
-                     JsonOpt, LowLevelWeightsOpt, PristineOpt, build_metrics, emit_json, err_console, progress_bar)
+                     JsonOpt, LowLevelWeightsOpt, PrecisionOpt, PristineOpt, build_metrics, emit_json, err_console, progress_bar)
 
 
 def score_image(
@@ -25,6 +25,7 @@ def score_image(
     crops: Optional[int] = CropsOpt,
     device: str = DeviceOpt,
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images of one size per forward pass."),
+    precision: str = PrecisionOpt,
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader processes reading images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write image and one score column per metric (CSV)."),
     as_json: bool = JsonOpt,
@@ -41,9 +42,11 @@ def score_image(
       iqa score-image photos/ -m graphiqa --crops 25 --json \\
           --checkpoint runs/graphiqa/latest.pth
     """
+    from ..engine import check_precision
     from ..io.files import check_output_paths
     from ..score_images import plan_images, score_images
 
+    check_precision(precision)
     plan = plan_images(images)
     weights = [p for p in (pristine, low_level_weights, clip_weights, clip_visual_weights, checkpoint,
                            backbone_weights) if p is not None]
@@ -54,7 +57,7 @@ def score_image(
                            backbone_weights=backbone_weights, crops=crops)
     with progress_bar("scoring", len(plan.files), "images", enabled=plan.folder_mode and not as_json) as advance:
         results = score_images(plan, models, batch_size=batch_size, device=device, num_workers=workers,
-                               advance=advance)
+                               advance=advance, precision=precision)
     names = [m.name for m in models]
     single = len(models) == 1
     if out is not None:

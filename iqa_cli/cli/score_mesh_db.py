@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, VersionOpt, build_metrics,
+from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, PrecisionOpt, VersionOpt, build_metrics,
                      emit_json, err_console, progress_bar)
 
 
@@ -24,7 +24,7 @@ def score_mesh_db(
     device: str = DeviceOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Patches per forward pass "
                                              "(default: 512, 128 for vgg)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (half precisions on CUDA)."),
+    precision: str = PrecisionOpt,
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader processes reading the "
                                           "store (default: 0 on small CPUs, several on CUDA)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write model,stimulus,score,n_patches[,MOS] rows."),
@@ -49,6 +49,9 @@ def score_mesh_db(
     from ..stats.correlation import FITS
     from ..score_db import open_store, score_mesh_db as run
 
+    from ..engine import check_precision
+
+    check_precision(precision)
     if fit not in FITS:
         raise InvalidInputError(f"--fit {fit}: choose one of {', '.join(FITS)}")
     patch_store = open_store(store)  # validate the store before loading any model

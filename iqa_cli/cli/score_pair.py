@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from .common import (BackboneWeightsOpt, CheckpointOpt, DestandardiseOpt, DeviceOpt, JsonOpt, NetOpt, OrderOpt,
-                     SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
+                     PrecisionOpt, SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
 
 
 def score_pair(
@@ -42,6 +42,7 @@ def score_pair(
     colorbar: bool = typer.Option(True, "--colorbar/--no-colorbar", help="Add the colour bar to .png maps."),
     device: str = DeviceOpt,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Pairs per forward pass."),
+    precision: str = PrecisionOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Write ref,dist and one score column per metric to this "
                                        "CSV."),
     as_json: bool = JsonOpt,
@@ -60,9 +61,11 @@ def score_pair(
       iqa score-pair frames/ --all-pairs --json
       iqa score-pair ref.png dist.png --checkpoint graphics_lpips.pth
     """
+    from ..engine import check_precision
     from ..errors import InvalidInputError
     from ..pairs import plan_pairs
 
+    check_precision(precision)
     plan = plan_pairs(ref, dist, all_pairs=all_pairs, skip_unmatched=skip_unmatched)
     if spatial_map is not None and plan.folder_mode:
         raise InvalidInputError("--spatial-map is for two images: use --spatial-dir DIR with folders")
@@ -97,7 +100,7 @@ def score_pair(
             save_heatmap(map_path(ref_file, dist_file), heat, vmax=vmax, colorbar=colorbar)
     with progress_bar("scoring", len(plan.pairs), "pairs", enabled=plan.folder_mode) as advance:
         results = score_pairs(plan, models, batch_size=batch_size, device=device, resize=resize,
-                              on_spatial_map=sink, advance=advance, sizes=sizes)
+                              on_spatial_map=sink, advance=advance, sizes=sizes, precision=precision)
     from ..engine import is_main_process
 
     if not is_main_process():  # under torchrun: every process scored its share; the main one writes

@@ -410,6 +410,7 @@ class AsnaMetric(QualityMetric):
     name = "asna"
     kind = "fr"
     lower_better = False
+    half_precision = True
 
     def __init__(self, net: AsnaNet, options: ScoringOptions | None = None, **option_values):
         super().__init__()

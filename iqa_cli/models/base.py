@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..engine import autocast
 from ..errors import InvalidInputError
 from ..io.inputs import parse_input_range, to_image_batch
 
@@ -35,6 +36,8 @@ class QualityMetric(nn.Module):
     lower_better: bool = True
     makes_maps = False  # True where score_with_maps(ref, dist) gives per-pixel maps
     patch_score_cap: float | None = None  # a database of patches averages min(score, cap) per stimulus
+    # --precision fp16|bf16 applies (engine.autocast): deep networks only; statistics stay in fp32
+    half_precision = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,7 +100,9 @@ class QualityMetric(nn.Module):
                 n = max(ref.shape[0], dist.shape[0])
                 batches = [ref.expand(n, -1, -1, -1), dist.expand(n, -1, -1, -1)]
         grad = self.keep_gradients and torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad):
+        # full fp32 (no TF32 on CUDA, no caller's autocast): a call gives the numbers the commands'
+        # default --precision gives; the commands' fp16/bf16 go through engine.autocast directly
+        with torch.set_grad_enabled(grad), autocast(device, "fp32", self):
             return self.score(*batches, **options)
 
     def check_size(self, hw: tuple[int, int], name: str = "images") -> None:

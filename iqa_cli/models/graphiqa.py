@@ -374,6 +374,7 @@ class GraphIQAScorer(QualityMetric):
     name = "graphiqa"
     kind = "nr"
     lower_better = False
+    half_precision = True
 
     def __init__(self, model: GraphIQA, crops: int = DEFAULT_CROPS, seed: int = 0):
         super().__init__()

@@ -511,6 +511,7 @@ class GRepQZeroShot(QualityMetric):
     name = "grepq"
     kind = "nr"
     lower_better = False
+    half_precision = True  # the encoders; the Gaussian distance is float64 (low_level_quality)
 
     def __init__(self, low_level: LowLevelEncoder, pristine: MVG | torch.Tensor | np.ndarray,
                  high_level: HighLevelEncoder | None = None, patch_batch: int = 256) -> None:

@@ -37,6 +37,7 @@ class GRepQFeatureExtractor(QualityMetric):
     name = "grepq-features"
     kind = "nr"
     lower_better = False
+    half_precision = True
     min_side = MIN_SIDE
 
     def __init__(self, low_level: LowLevelEncoder, high_level: HighLevelEncoder | None = None) -> None:
@@ -81,6 +82,7 @@ class GRepQRidge(QualityMetric):
 
     name = "grepq-ridge"
     kind = "nr"
+    half_precision = True  # the encoders; the ridge product is float64
 
     def __init__(self, extractor: GRepQFeatureExtractor, coef, intercept: float, higher_better: bool = True,
                  info: dict | None = None) -> None:

@@ -24,6 +24,10 @@ SCALE = (0.458, 0.448, 0.450)
 
 
 def unit_normalize(feature: torch.Tensor) -> torch.Tensor:
+    if feature.dtype in (torch.float16, torch.bfloat16):
+        # 16-bit taps (autocast) are normalised and differenced in fp32: squares of differences of
+        # unit vectors underflow fp16 and keep only 3 digits in bf16. Costs one copy per tap.
+        feature = feature.float()
     # vector_norm is one fused kernel: ~1.5x faster than sqrt(sum(f*f)) on CPU, same values to 1e-7.
     norm = torch.linalg.vector_norm(feature, dim=1, keepdim=True)
     if torch.is_grad_enabled():
@@ -75,6 +79,7 @@ class PerceptualDistance(QualityMetric):
     lower_better = True
     makes_maps = True  # score_with_maps gives per-pixel maps (score-pair --spatial-map)
     patch_score_cap = 1.0  # Graphics-LPIPS: a stimulus scores the mean of min(d, 1) over its patches
+    half_precision = True
 
     def __init__(self, spec: BackboneSpec, version: str = "0.1", head_type: str = "lpips", spatial: bool = False,
                  backbone: Backbone | None = None):
@@ -147,7 +152,14 @@ class PerceptualDistance(QualityMetric):
         """(N,) distances, or (N, 1, H, W) maps when the metric is spatial (needs out_hw).
 
         reuse_feats1: feats1 is scratch the caller is done with; without autograd the differences
-        are written into it, which saves a large allocation per layer."""
+        are written into it, which saves a large allocation per layer.
+
+        Runs in fp32 under autocast too: the heads are tiny next to the backbone, and 16-bit sums of
+        small squared differences would cost the distance its digits."""
+        with torch.autocast(feats0[0].device.type, enabled=False):
+            return self._distance(feats0, feats1, out_hw, reuse_feats1)
+
+    def _distance(self, feats0, feats1, out_hw, reuse_feats1) -> torch.Tensor:
         if self.spatial:
             if out_hw is None:
                 raise ValueError("spatial distances need the input size")
@@ -191,5 +203,6 @@ class PerceptualDistance(QualityMetric):
         check_input_size(self.spec, tuple(ref.shape[2:]))
         feats = self.features(torch.cat([ref, dist]))
         n = ref.shape[0]
-        maps = self.layer_maps([f[:n] for f in feats], [f[n:] for f in feats])
+        with torch.autocast(ref.device.type, enabled=False):  # the heads in fp32, as distance_from_features
+            maps = self.layer_maps([f[:n] for f in feats], [f[n:] for f in feats])
         return averaged_sum(maps), upsampled_sum(maps, tuple(ref.shape[2:])).squeeze(1)
