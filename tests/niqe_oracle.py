@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -77,13 +78,22 @@ def load() -> types.SimpleNamespace:
     sdist = fetch_sdist()
     root = cache_dir() / f"basicsr-{VERSION}-oracle"
     if not all((root / m).exists() for m in (*MEMBERS, *STUBS)):
+        # unpacked beside the final folder, then renamed: parallel test processes (pytest -n) never
+        # import a half-written file
+        tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(sdist) as tar:
             for member in MEMBERS:
                 data = tar.extractfile(f"basicsr-{VERSION}/{member}").read()
-                (root / member).parent.mkdir(parents=True, exist_ok=True)
-                (root / member).write_bytes(data)
+                (tmp / member).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / member).write_bytes(data)
         for name, text in STUBS.items():
-            (root / name).write_text(text)
+            (tmp / name).write_text(text)
+        shutil.rmtree(root, ignore_errors=True)  # an incomplete earlier unpack
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(tmp, ignore_errors=True)
     if "basicsr" in sys.modules and not str(getattr(sys.modules["basicsr"], "__file__", "")).startswith(str(root)):
         pytest.skip("another 'basicsr' package is imported; the oracle needs its own")
     sys.path.insert(0, str(root))
