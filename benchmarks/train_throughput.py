@@ -25,7 +25,9 @@ What it does, for each method of `iqa train --method` (cli/train_methods.py METH
    child's peak resident memory (os.wait4's ru_maxrss of that child alone, so each method's figure
    is its own; DataLoader workers, where there are any, are separate processes and not added);
    on CUDA the largest ``cuda_peak_mib`` of the epochs (torch.cuda.max_memory_allocated); and the
-   child's wall time (start-up, data checks, caching, evaluation and checkpoints included).
+   child's wall time (start-up, data checks, caching, evaluation and checkpoints included). The
+   JSON also keeps every epoch's figures and the machine's 1-minute load average before and after
+   each run (on a shared machine, other work slows every figure).
 
 grepq-ridge is a one-shot fit, not a loop: its row gives the fit's own seconds (features of every
 image, the cross-validated ridge fits, the saved model) and images/s, no steps/s.
@@ -302,8 +304,11 @@ def measure(method: str, inputs: Inputs, args, sizes: Sizes, work: Path, base_en
         cmd += ["--workers", str(args.workers)]
     # a private cache folder: no method finds another's image or feature caches already built
     env = {**base_env, "IQA_CACHE_DIR": str(run_dir / "cache")}
+    load_before = os.getloadavg()[0]
     code, wall, rss = run_child(cmd, env, run_dir / "child")
-    result.update(command=" ".join(cmd), exit_code=code, wall_s=round(wall, 2), peak_rss_mib=round(rss, 1))
+    # the 1-minute load average around the run: other work on the machine slows every figure
+    result.update(command=" ".join(cmd), exit_code=code, wall_s=round(wall, 2), peak_rss_mib=round(rss, 1),
+                  load_avg=[round(load_before, 2), round(os.getloadavg()[0], 2)])
     if code != 0:
         err = (run_dir / "child.err").read_text(errors="replace").strip().splitlines()
         return {**result, "error": " | ".join(err[-3:])}
