@@ -331,6 +331,37 @@ def test_run_folder_files(small_store, tmp_path):
     assert d["epochs_completed"] == 3 and d["n_train"] + d["n_test"] == 24 and "model" not in d
 
 
+def _timed_rows(result, n_input_img: int) -> list[dict]:
+    """metrics.csv's rows; checks each trained epoch's timing columns against its step and item counts."""
+    with open(result.metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["seconds"] == rows[0]["steps_per_s"] == ""  # epoch 0 only evaluates
+    steps = math.ceil(result.n_train / n_input_img)
+    for row in rows[1:]:
+        seconds, steps_per_s = float(row["seconds"]), float(row["steps_per_s"])
+        assert seconds > 0 and steps_per_s > 0
+        assert steps_per_s * seconds == pytest.approx(steps, rel=1e-4)  # optimiser steps, not items
+        assert float(row["units_per_s"]) * seconds == pytest.approx(result.n_train, rel=1e-4)
+    return rows
+
+
+def test_metrics_csv_times_steps_and_items_per_second_and_no_gpu_memory_on_the_cpu(small_store, tmp_path):
+    result = train(_cfg(small_store, tmp_path, n_input_img=5, nepoch=2, nepoch_decay=0, testset_freq=5))
+    rows = _timed_rows(result, 5)
+    assert len(rows) == 3 and "steps_per_s" in rows[0] and "cuda_peak_mib" not in rows[0]
+    assert all("cuda_peak_mib" not in r for r in result.history)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_csv_has_the_peak_gpu_memory_of_each_epoch_on_cuda(small_store, tmp_path):
+    result = train(_cfg(small_store, tmp_path, n_input_img=5, nepoch=2, nepoch_decay=0, testset_freq=5,
+                        device="cuda"))
+    rows = _timed_rows(result, 5)
+    assert rows[0]["cuda_peak_mib"] == ""
+    assert all(float(r["cuda_peak_mib"]) > 0 for r in rows[1:])
+
+
 def test_checkpoint_round_trip_into_score_mesh_db(small_store, tmp_path, cli):
     from iqa_cli.stats.correlation import correlation_report
     from iqa_cli.registry import create_metric
@@ -388,7 +419,8 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def _comparable(history) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("seconds", "units_per_s")} for r in history]
+    timing = ("seconds", "units_per_s", "steps_per_s", "cuda_peak_mib")
+    return [{k: v for k, v in r.items() if k not in timing} for r in history]
 
 
 def test_resume_after_stop_gives_the_uninterrupted_weights(small_store, tmp_path):

@@ -111,6 +111,11 @@ recipe's checkpoint + ``training``: epoch, optimiser, RNG state, history, recipe
 ``select_key``), ``metrics.csv``, ``curves.png``. Each is written to a temporary name and
 renamed, so an interrupted run leaves the last completed epoch's files; ``latest.pth`` is written
 before the first epoch too. A full disk ends the run with one line naming the file.
+
+Each epoch's row ends with its training time: ``seconds`` (the optimiser steps, without the
+evaluation and the checkpoint), ``units_per_s`` (items of the recipe's ``unit``) and
+``steps_per_s``; a run on a CUDA device adds ``cuda_peak_mib``, the most GPU memory allocated
+during the epoch's steps (torch.cuda.max_memory_allocated, reset when the epoch starts).
 """
 
 from __future__ import annotations
@@ -132,7 +137,8 @@ from ..errors import InvalidInputError, WeightsError
 
 ITEM_PURPOSE = 4  # seed purpose of the per-item seeds (recipes number theirs 1, 2, 3, ...)
 LOOP_COLUMNS = ("epoch", "lr", "train_loss")
-TIMING_COLUMNS = ("seconds", "units_per_s")
+TIMING_COLUMNS = ("seconds", "units_per_s", "steps_per_s")
+CUDA_COLUMNS = ("cuda_peak_mib",)  # only in runs on a CUDA device
 TRAINING_KEYS = ("epoch", "optimizer", "rng", "history")
 
 
@@ -574,6 +580,9 @@ class _Training:
     def train_epoch(self, epoch: int) -> dict:
         from ..engine import make_loader
 
+        cuda = self.device.type == "cuda"
+        if cuda:  # the epoch's own peak: weights, optimiser state and activations
+            torch.cuda.reset_peak_memory_stats(self.device)
         tic = time.perf_counter()
         recipe = self.recipe
         shards = self.shards(epoch, recipe.batches(epoch))
@@ -596,9 +605,13 @@ class _Training:
                     stats[key] = stats.get(key, 0.0) + float(total)
             self.emit(kind="step", epoch=epoch, n=shard.size, loss=value)
         seconds = time.perf_counter() - tic
-        return {"epoch": epoch, "lr": first_lr, "train_loss": loss_sum / max(seen, 1),
-                **{k: v / max(seen, 1) for k, v in stats.items()},
-                "seconds": seconds, "units_per_s": seen / seconds if seconds > 0 else None}
+        row = {"epoch": epoch, "lr": first_lr, "train_loss": loss_sum / max(seen, 1),
+               **{k: v / max(seen, 1) for k, v in stats.items()},
+               "seconds": seconds, "units_per_s": seen / seconds if seconds > 0 else None,
+               "steps_per_s": len(shards) / seconds if seconds > 0 else None}
+        if cuda:
+            row["cuda_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        return row
 
     def set_lr(self, lr: float | Sequence[float]) -> float:
         groups = self.optimizer.param_groups
@@ -650,7 +663,8 @@ class _Training:
         self.write_logs()
 
     def columns(self) -> tuple[str, ...]:
-        return (*LOOP_COLUMNS, *self.recipe.columns, *TIMING_COLUMNS)
+        cuda = CUDA_COLUMNS if self.device.type == "cuda" else ()
+        return (*LOOP_COLUMNS, *self.recipe.columns, *TIMING_COLUMNS, *cuda)
 
     def write_logs(self) -> tuple[Path, Path]:
         csv_path, png_path = self.run_dir / "metrics.csv", self.run_dir / "curves.png"
