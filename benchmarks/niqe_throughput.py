@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from bench_photos import HEIGHT, WIDTH, photographs  # beside this file (sys.path[0])
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the oracle loader shared with the tests
@@ -36,30 +36,6 @@ import niqe_oracle  # noqa: E402
 
 from iqa_cli.engine import resolve_device  # noqa: E402
 from iqa_cli.models.niqe import NIQE, official_pristine_path, to_grey  # noqa: E402
-
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "stereo_motorcycle:0", "stereo_motorcycle:1")
-WIDTH, HEIGHT = 512, 384
-
-
-def photographs(n: int) -> np.ndarray:
-    """n uint8 (384, 512, 3) photographs."""
-    from skimage import data
-
-    base = []
-    for name in PHOTOS:
-        name, _, part = name.partition(":")
-        img = getattr(data, name)()
-        img = img[int(part)] if part else img
-        img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-        pil = Image.fromarray(img)
-        scale = max(WIDTH / pil.width, HEIGHT / pil.height)
-        pil = pil.resize((max(WIDTH, round(pil.width * scale)), max(HEIGHT, round(pil.height * scale))),
-                         Image.BICUBIC)
-        left, top = (pil.width - WIDTH) // 2, (pil.height - HEIGHT) // 2
-        base.append(np.asarray(pil.crop((left, top, left + WIDTH, top + HEIGHT))))
-    variants = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]
-    out = [variants[(i // len(base)) % 4](base[i % len(base)]) for i in range(n)]
-    return np.ascontiguousarray(np.stack(out))
 
 
 def run_iqa(metric: NIQE, images: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
