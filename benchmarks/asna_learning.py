@@ -29,7 +29,6 @@ One intra-op thread (the machine these numbers come from is shared: timings are 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import statistics
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # db_fixtures: the planted-MOS writer shared with the tests
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
           "colorwheel")
@@ -59,6 +58,8 @@ def build_database(root: Path, side: int = 48, noise: float = 0.25, seed: int = 
     import skimage.data
     from PIL import Image
 
+    from db_fixtures import plant_kadid_mos
+
     from iqa_cli.distort_db import distort_images
 
     sources = root / "sources"
@@ -74,15 +75,8 @@ def build_database(root: Path, side: int = 48, noise: float = 0.25, seed: int = 
     distort_images(sorted(sources.glob("*.png")), db, types=list(TYPES), levels=[1, 2, 3, 4, 5], seed=seed,
                    workers=1)
     rng = np.random.default_rng(seed)
-    with open(db / "listing.csv", newline="") as fh:
-        listing = list(csv.DictReader(fh))
-    with open(db / "dmos.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["dist_img", "ref_img", "dmos", "var"])
-        for row in listing:
-            slope = TYPES[int(row["type"])]
-            mos = 4.8 - slope * (int(row["level"]) - 1) + rng.normal(0.0, noise)
-            writer.writerow([row["dist_img"], row["ref_img"], f"{float(np.clip(mos, 1.0, 5.0)):.4f}", noise ** 2])
+    plant_kadid_mos(db, lambda row: np.clip(4.8 - TYPES[int(row["type"])] * (int(row["level"]) - 1)
+                                            + rng.normal(0.0, noise), 1.0, 5.0), var=noise ** 2)
     return db
 
 

@@ -153,6 +153,7 @@ class Inputs:
     def _scored(self) -> Path:
         """KADID-10k layout with a MOS falling with the level (and type): about --steps steps of
         the graphiqa and asna batches in the 72% of contents they train on (0.8, less 10% val)."""
+        from db_fixtures import plant_kadid_mos
         from iqa_cli.distort_db import distort_images
 
         per_content = len(SCORED_TYPES) * len(SCORED_LEVELS)
@@ -161,15 +162,8 @@ class Inputs:
         photos = self._photos(self.root / "scored_photos", n)
         out = self.root / "scored"
         distort_images(photos, out, types=list(SCORED_TYPES), levels=list(SCORED_LEVELS), seed=1)
-        with open(out / "listing.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        with open(out / "dmos.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["dist_img", "ref_img", "dmos", "var"])
-            for row in rows:
-                mos = 4.6 - (0.5 + 0.1 * SCORED_TYPES.index(int(row["type"]))) * (int(row["level"]) - 1)
-                writer.writerow([row["dist_img"], row["ref_img"], f"{mos:.3f}", "0.1"])
-        return out
+        return plant_kadid_mos(out, lambda row: 4.6 - (0.5 + 0.1 * SCORED_TYPES.index(int(row["type"])))
+                               * (int(row["level"]) - 1))
 
     def _pristine(self) -> Path:
         self._photos(self.root / "pristine", self.sizes.items("grepq-high"))

@@ -138,6 +138,19 @@ def make_kadid(root: Path, refs=("I01", "I02"), types=(1, 10, 18), levels=(1, 3,
     return fx
 
 
+def plant_kadid_mos(db: Path, mos, var=0.1) -> Path:
+    """dmos.csv beside an ``iqa distort`` listing.csv, which makes the folder a KADID-10k database:
+    ``mos(row)`` gives each distorted image's MOS from its listing row (type, level, ...)."""
+    with open(db / "listing.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(db / "dmos.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["dist_img", "ref_img", "dmos", "var"])
+        for row in rows:
+            writer.writerow([row["dist_img"], row["ref_img"], f"{float(mos(row)):.4f}", var])
+    return db
+
+
 def make_kadis(root: Path, n: int = 4) -> DbFixture:
     fx = DbFixture("kadis700k", root)
     with open(_mkparent(root / "kadis700k_ref_imgs.csv"), "w", newline="") as fh:

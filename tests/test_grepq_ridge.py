@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import save_png
+from db_fixtures import plant_kadid_mos
 from iqa_cli.datasets.table import QualityTable, make_rows
 from iqa_cli.errors import StoreError, WeightsError
 from iqa_cli.grepq_ridge import evaluate_ridge, fit_final_model
@@ -134,14 +135,7 @@ def scored_db(tmp_path_factory):
     db = root / "db"
     distort_images([src], db, types=[1, 11], levels=[1, 3, 5], seed=0, workers=1)
     rng = np.random.default_rng(0)
-    with open(db / "listing.csv", newline="") as fh:
-        listing = list(csv.DictReader(fh))
-    with open(db / "dmos.csv", "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["dist_img", "ref_img", "dmos", "var"])
-        for row in listing:
-            out.writerow([row["dist_img"], row["ref_img"], f"{5 - 0.8 * int(row['level']) + rng.normal(0, .2):.3f}",
-                          "0.1"])
+    plant_kadid_mos(db, lambda row: 5 - 0.8 * int(row["level"]) + rng.normal(0, .2))
     torch.manual_seed(3)
     low = root / "low.pth"
     torch.save({"state_dict": LowLevelEncoder().state_dict()}, low)

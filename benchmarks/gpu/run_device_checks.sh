@@ -71,24 +71,25 @@ for phase in "$@"; do
     bench)
         d=${DEVICE:-cuda}
         if [[ ${QUICK:-0} == 1 ]]; then  # a dry run of this script on any machine: tiny sizes
-            gb=0.01 pairs=12 refs=2 images=8 repeats=2
+            gb=0.01 pairs=12 images=8 repeats=2
+            db=(--refs 2 --types 1,2 --levels 1,3) train=() graphiqa=(--batch 4 --crops 2 --images 2 --crop-size 64
+                                                                      --image-size 96 --repeats 1)
         else
-            gb=2 pairs=400 refs=20 images=256 repeats=5
+            gb=2 pairs=400 images=256 repeats=5
+            db=(--refs 20 --levels 1,3,5) graphiqa=()
+            train=(--scale 4 --steps 10 --crop 224 --image-side 288 --npatches 150 --versions 9 --fragment-grid 7
+                   --fragment-piece 32 --sorter-preset original)
         fi
         bench mesh_db_throughput --device "$d" --synthetic-gb $gb --skip-loop --precision fp32 tf32 bf16 fp16 \
             --batch-size 2048 --repeats $repeats --json "$work/mesh_db_throughput.json"
         bench score_pair_throughput --device "$d" --pairs $pairs --batch-size 32 128 --repeats $repeats \
             --json "$work/score_pair_throughput.json"
-        bench eval_db_throughput --device "$d" --refs $refs --levels 1,3,5 --batch-size 64 --repeats 3 --json
-        bench score_image_throughput --device "$d" --images $images --batch-size 32 --json "$work/score_image.json"
+        bench eval_db_throughput --device "$d" "${db[@]}" --batch-size 64 --repeats 3 --json
+        bench score_image_throughput --device "$d" --images $images --batch-size 32 --rounds 3 \
+            --json "$work/score_image_throughput.json"
         bench niqe_throughput --device "$d" --images $images --batch-size 64 --json
-        bench train_throughput --device "$d" --json "$work/train_throughput.json"
-        if [[ ${QUICK:-0} == 1 ]]; then
-            bench graphiqa_throughput --device "$d" --batch 4 --crops 2 --images 2 --crop-size 64 --image-size 96 \
-                --repeats 1
-        else
-            bench graphiqa_throughput --device "$d"
-        fi
+        bench train_throughput --device "$d" "${train[@]}" --json "$work/train_throughput.json"
+        bench graphiqa_throughput --device "$d" "${graphiqa[@]}"
         ;;
     *) echo "unknown phase '$phase' (tests, bench)" >&2 ;;
     esac
