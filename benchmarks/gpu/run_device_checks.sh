@@ -5,7 +5,7 @@
 #   benchmarks/gpu/run_device_checks.sh tests          # on the GPU machine: CUDA tests, then the suite
 #   benchmarks/gpu/run_device_checks.sh bench          #   every benchmark with --device cuda
 #   benchmarks/gpu/run_device_checks.sh tests bench    #   both
-#   DEVICE=cpu QUICK=1 benchmarks/gpu/run_device_checks.sh bench   # a dry run of the script, anywhere
+#   DEVICE=cpu QUICK=1 SKIP_WHEELS=1 PYTHON=.venv/bin/python benchmarks/gpu/run_device_checks.sh bench  # dry run
 #
 # Everything lands in $OUT (default ./gpu-results): summary.txt (GPU, versions, each step's exit
 # status and seconds), pytest.log, and results.tgz with every benchmark's JSON and log. Each step
@@ -20,7 +20,7 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 summary=$out/summary.txt
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [[ ${SKIP_WHEELS:-0} != 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then  # SKIP_WHEELS=1: the local venv has them
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/iqa-site \
         .whl/*.whl || { echo "error: the carried wheels in .whl/ did not install" >&2; exit 1; }
     export PYTHONPATH=/tmp/iqa-site
