@@ -32,8 +32,12 @@ Before any rate is printed, the scores of both sides must agree to --tolerance (
 a metric whose scores differ is reported as such and the script exits 1. Printed: median
 images/s of each side, the median over rounds of their ratio (each round's pair ran back to back),
 the largest relative difference, and the build time of each metric (loading weights, fitting
-GRepQ's pristine Gaussian, embedding the CLIP prompts). On a shared 2-core CPU, --threads 1 is
-steadier: two torch threads there can stall each other (OpenMP spin-waits) when other work runs.
+GRepQ's pristine Gaussian, embedding the CLIP prompts); --json also keeps each round's seconds
+and the iqa side's score of every file (weights and images are seeded, so the scores of a --device
+cuda run can be set beside a CPU run's). The defaults take 5 to 8 minutes on a 2-core CPU with
+--threads 1, GraphIQA's 25 ResNet-50 crops per image most of it (--crops 5 for a quick look). On
+a shared 2-core CPU, --threads 1 is steadier: two torch threads there can stall each other
+(OpenMP spin-waits) when other work runs.
 """
 
 from __future__ import annotations
@@ -324,7 +328,9 @@ def benchmark(args, root: Path) -> int:
                      "ratio": statistics.median(lt / it for it, lt in zip(times[name]["iqa"], times[name]["loop"]))
                      if agree else None,
                      "score_range": [float(np.nanmin(values)), float(np.nanmax(values))],
-                     "seconds": times[name]})
+                     "seconds": times[name],
+                     # seeded weights and images: a --device cuda run's scores can be compared with a CPU run's
+                     "scores": scores[name]["iqa"]})
     result = {"images": args.images, "size": list(args.size), "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
