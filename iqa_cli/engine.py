@@ -585,13 +585,15 @@ def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
 
     def convert(m: torch.nn.Module) -> torch.nn.Module:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, CPUSyncBatchNorm):
+            # The module's own parameters and buffers, as convert_sync_batchnorm does: their dtype
+            # (a float64 or bfloat16 model stays so), device and requires_grad are kept.
             new = CPUSyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-            new.load_state_dict(m.state_dict())
+            if m.affine:
+                new.weight, new.bias = m.weight, m.bias
+            new.running_mean, new.running_var = m.running_mean, m.running_var
+            new.num_batches_tracked = m.num_batches_tracked
             new.train(m.training)
             new.to(device)
-            if m.affine:
-                new.weight.requires_grad_(m.weight.requires_grad)
-                new.bias.requires_grad_(m.bias.requires_grad)
             return new
         for name, child in m.named_children():
             m.add_module(name, convert(child))

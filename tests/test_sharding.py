@@ -99,3 +99,29 @@ def test_reference_feature_batches_do_not_depend_on_which_stimuli_are_scored(tmp
     from_model_1 = batches_run(1)
     assert len(from_model_1) == 3
     assert all(np.array_equal(a, b) for a, b in zip(from_model_1, everything))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_cpu_sync_batchnorm_conversion_keeps_the_parameters_and_their_dtype(dtype):
+    """sync_batchnorm (what data_parallel does on the CPU under torchrun) swaps the module but keeps
+    its parameters and buffers themselves, as torch's convert_sync_batchnorm does: a float64 model
+    stayed float32 in its BatchNorms before (state copied into fresh float32 tensors), which put
+    float32 rounding (~1e-7) into a float64 two-process run."""
+    from iqa_cli.engine import CPUSyncBatchNorm, sync_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(2, affine=False))
+    model[1].bias.requires_grad_(False)
+    model.to(dtype)
+    model[1].running_var.uniform_(0.5, 2.0)
+    model[1].num_batches_tracked.fill_(3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    converted = sync_batchnorm(model, torch.device("cpu"))
+    assert isinstance(converted[1], CPUSyncBatchNorm) and isinstance(converted[2], CPUSyncBatchNorm)
+    after = converted.state_dict()
+    assert after.keys() == before.keys()
+    for key in before:
+        assert after[key].dtype == before[key].dtype and torch.equal(after[key], before[key]), key
+    assert all(p is params[k] for k, p in converted.named_parameters())  # an optimiser made before still fits
+    assert converted[1].weight.requires_grad and not converted[1].bias.requires_grad
