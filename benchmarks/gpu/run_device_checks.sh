@@ -40,8 +40,17 @@ print("gpu:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "N
       "| cpus", __import__("os").cpu_count())
 EOF
 } >"$summary" 2>&1
-"$py" -c "import sys; sys.path.insert(0, 'tests'); import conftest, pathlib; \
-conftest._write_fake_torchvision_cache(pathlib.Path('$TORCH_HOME'))" >>"$summary" 2>&1
+"$py" - "$TORCH_HOME" >>"$summary" 2>&1 <<'EOF'
+# whole random torchvision models under their official file names: iqa and the lpips package load them
+import os, sys, torch, torchvision
+folder = os.path.join(sys.argv[1], "hub", "checkpoints")
+os.makedirs(folder, exist_ok=True)
+for build, weights in ((torchvision.models.alexnet, "AlexNet_Weights"), (torchvision.models.vgg16, "VGG16_Weights"),
+                       (torchvision.models.squeezenet1_1, "SqueezeNet1_1_Weights"),
+                       (torchvision.models.resnet50, "ResNet50_Weights")):
+    url = getattr(torchvision.models, weights).IMAGENET1K_V1.url
+    torch.save(build().state_dict(), os.path.join(folder, os.path.basename(url)))
+EOF
 
 step() {  # step NAME TIMEOUT CMD...: run, log to $work/NAME.log, record status and seconds
     local name=$1 limit=$2
@@ -71,11 +80,11 @@ for phase in "$@"; do
     bench)
         d=${DEVICE:-cuda}
         if [[ ${QUICK:-0} == 1 ]]; then  # a dry run of this script on any machine: tiny sizes
-            gb=0.01 pairs=12 images=8 repeats=2
+            gb=0.01 pairs=12 images=8 repeats=2 nr=(--crops 2)
             db=(--refs 2 --types 1,2 --levels 1,3) train=() graphiqa=(--batch 4 --crops 2 --images 2 --crop-size 64
                                                                       --image-size 96 --repeats 1)
         else
-            gb=2 pairs=400 images=256 repeats=5
+            gb=2 pairs=400 images=256 repeats=5 nr=()
             db=(--refs 20 --levels 1,3,5) graphiqa=()
             train=(--scale 4 --steps 10 --crop 224 --image-side 288 --npatches 150 --versions 9 --fragment-grid 7
                    --fragment-piece 32 --sorter-preset original)
@@ -85,7 +94,7 @@ for phase in "$@"; do
         bench score_pair_throughput --device "$d" --pairs $pairs --batch-size 32 128 --repeats $repeats \
             --json "$work/score_pair_throughput.json"
         bench eval_db_throughput --device "$d" "${db[@]}" --batch-size 64 --repeats 3 --json
-        bench score_image_throughput --device "$d" --images $images --batch-size 32 --rounds 3 \
+        bench score_image_throughput --device "$d" --images $images --batch-size 32 --rounds 3 "${nr[@]}" \
             --json "$work/score_image_throughput.json"
         bench niqe_throughput --device "$d" --images $images --batch-size 64 --json
         bench train_throughput --device "$d" "${train[@]}" --json "$work/train_throughput.json"
