@@ -10,7 +10,8 @@
 # Everything lands in $OUT (default ./gpu-results): summary.txt (GPU, versions, each step's exit
 # status and seconds), pytest.log, and results.tgz with every benchmark's JSON and log. Each step
 # has its own time limit (STEP_TIMEOUT seconds, default 420; SUITE_TIMEOUT for the whole suite) and
-# a failed step does not stop the others. Python: python3 (the one holding PyTorch), or $PYTHON.
+# a failed step does not stop the others. ONLY="score_pair_throughput niqe_throughput" runs just those
+# benchmarks (a rerun). Python: python3 (the one holding PyTorch), or $PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -63,9 +64,10 @@ step() {  # step NAME TIMEOUT CMD...: run, log to $work/NAME.log, record status 
     tail -n 3 "$work/$name.log" | sed 's/^/   | /' >>"$summary"
 }
 
-bench() {  # bench NAME ARGS...: a benchmark script writing $work/NAME.json
+bench() {  # bench NAME ARGS...: a benchmark script writing $work/NAME.json (ONLY="a b": just those)
     local name=$1
     shift
+    [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && return
     step "$name" "${STEP_TIMEOUT:-420}" "$py" "benchmarks/$name.py" "$@"
 }
 
