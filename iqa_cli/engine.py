@@ -172,12 +172,19 @@ def autocast(device: torch.device, precision: str = "fp32", metric: Any = None):
         stack.enter_context(_cuda_fp32_mode("tf32" if precision == "tf32" else "ieee"))
     if precision in ("fp16", "bf16"):
         stack.enter_context(torch.autocast(device_type=device.type, dtype=_HALF[precision]))
-    elif torch.is_autocast_enabled(device.type):  # a caller's own autocast: fp32 means fp32
+    elif _autocast_enabled(device.type):  # a caller's own autocast: fp32 means fp32
         stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
     return stack
 
 
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 
 @contextlib.contextmanager
