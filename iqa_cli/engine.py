@@ -160,8 +160,8 @@ def autocast(device: torch.device, precision: str = "fp32", metric: Any = None):
     only to metrics that declare ``half_precision`` (the deep networks, whose convolutions and
     matrix products are what they speed up); the others (PSNR, SSIM, NIQE, ...) compute variances
     that lose their digits in 16 or 19 bits, so they run in fp32 whatever is asked. On the CPU
-    fp16/bf16 run too (torch's CPU autocast) but are seldom faster, and tf32 is fp32: these
-    precisions are meant for CUDA.
+    fp16/bf16 run too (torch's CPU autocast; bf16 pays on CPUs with AMX, see docs/gpu.md), and
+    tf32 is fp32.
     """
     check_precision(precision)
     if metric is not None and not getattr(metric, "half_precision", False):

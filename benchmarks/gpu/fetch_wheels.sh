@@ -12,7 +12,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 rm -rf .whl && mkdir -p .whl/oracles
 
 # what the device image lacks (or holds in an older version than the code needs)
-packages=(typer annotated-doc pydantic pydantic-core typing-inspection annotated-types shellingham
+packages=(typer annotated-doc pydantic pydantic-core typing-inspection annotated-types shellingham rich
           lpips piq open_clip_torch ftfy wcwidth openpyxl et_xmlfile)
 pins=()
 for name in "${packages[@]}"; do

@@ -43,7 +43,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K", 
 BatchSizeOpt = typer.Option(64, "--batch-size", min=1, help="Images or patch pairs per forward pass.")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | tf32 | fp16 | bf16 for the deep networks "
                             "(LPIPS, GRepQ, GraphIQA, ASNA); classic metrics and NIQE always run in fp32. "
-                            "Meant for CUDA: on a CPU tf32 is fp32 and fp16/bf16 are seldom faster.")
+                            "For CUDA, and bf16 for CPUs with AMX (docs/gpu.md); on a CPU tf32 is fp32.")
 JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 NetOpt = typer.Option(None, "--net", help="Backbone: alex | vgg | squeeze (default: the checkpoint's, else alex).")
 VersionOpt = typer.Option(None, "--version", help="LPIPS version: 0.1 or 0.0 (default 0.1).")
