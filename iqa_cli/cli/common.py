@@ -41,7 +41,18 @@ TYPER_SETTINGS = dict(no_args_is_help=True, add_completion=False, pretty_excepti
 # -- options shared by every command (same name, same meaning) ----------------------------------
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:K", show_default=True)
 BatchSizeOpt = typer.Option(64, "--batch-size", min=1, help="Images or patch pairs per forward pass.")
-PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 | tf32 | fp16 | bf16 for the deep networks "
+
+
+def _check_precision(value: str) -> str:
+    """--precision checked while the command line is parsed, before any file is read or model loaded:
+    an unknown value is engine.check_precision's one-line error (exit 1)."""
+    from ..engine import check_precision
+
+    return check_precision(value)
+
+
+PrecisionOpt = typer.Option("fp32", "--precision", callback=_check_precision,
+                            help="fp32 | tf32 | fp16 | bf16 for the deep networks "
                             "(LPIPS, GRepQ, GraphIQA, ASNA); classic metrics and NIQE always run in fp32. "
                             "For CUDA, and bf16 for CPUs with AMX (docs/gpu.md); on a CPU tf32 is fp32.")
 JsonOpt = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")

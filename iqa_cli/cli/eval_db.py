@@ -9,8 +9,7 @@ import typer
 
 from .common import (BackboneWeightsOpt, CheckpointOpt, ClipVisualWeightsOpt, ClipWeightsOpt, CropsOpt,
                      DestandardiseOpt, DeviceOpt, JsonOpt, LowLevelWeightsOpt, NetOpt, OrderOpt, PrecisionOpt,
-                     PristineOpt,
-                     SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
+                     PristineOpt, SmallOpt, TtaOpt, VersionOpt, build_metrics, emit_json, err_console, progress_bar)
 
 
 def eval_db(
@@ -72,10 +71,6 @@ def eval_db(
     from ..datasets.formats import parse_format_options, read_database
     from ..errors import InvalidInputError
     from ..io.files import check_output_paths
-
-    from ..engine import check_precision
-
-    check_precision(precision)
     if no_cache and cache is not None:
         raise InvalidInputError("--cache and --no-cache contradict each other: give one")
     table = read_database(root, db_format, **parse_format_options(db_options))

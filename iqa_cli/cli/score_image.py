@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from .common import (BackboneWeightsOpt, CheckpointOpt, ClipVisualWeightsOpt, ClipWeightsOpt, CropsOpt, DeviceOpt,
-                     JsonOpt, LowLevelWeightsOpt, PrecisionOpt, PristineOpt, build_metrics, emit_json, err_console, progress_bar)
+                     JsonOpt, LowLevelWeightsOpt, PrecisionOpt, PristineOpt, build_metrics, emit_json, err_console,
+                     progress_bar)
 
 
 def score_image(
@@ -42,11 +43,9 @@ def score_image(
       iqa score-image photos/ -m graphiqa --crops 25 --json \\
           --checkpoint runs/graphiqa/latest.pth
     """
-    from ..engine import check_precision
     from ..io.files import check_output_paths
     from ..score_images import plan_images, score_images
 
-    check_precision(precision)
     plan = plan_images(images)
     weights = [p for p in (pristine, low_level_weights, clip_weights, clip_visual_weights, checkpoint,
                            backbone_weights) if p is not None]

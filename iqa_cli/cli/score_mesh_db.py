@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, PrecisionOpt, VersionOpt, build_metrics,
-                     emit_json, err_console, progress_bar)
+from .common import (BackboneWeightsOpt, CheckpointOpt, DeviceOpt, JsonOpt, NetOpt, PrecisionOpt, VersionOpt,
+                     build_metrics, emit_json, err_console, progress_bar)
 
 
 def score_mesh_db(
@@ -48,10 +48,6 @@ def score_mesh_db(
     from ..io.files import check_output_paths, write_csv
     from ..stats.correlation import FITS
     from ..score_db import open_store, score_mesh_db as run
-
-    from ..engine import check_precision
-
-    check_precision(precision)
     if fit not in FITS:
         raise InvalidInputError(f"--fit {fit}: choose one of {', '.join(FITS)}")
     patch_store = open_store(store)  # validate the store before loading any model

@@ -61,11 +61,9 @@ def score_pair(
       iqa score-pair frames/ --all-pairs --json
       iqa score-pair ref.png dist.png --checkpoint graphics_lpips.pth
     """
-    from ..engine import check_precision
     from ..errors import InvalidInputError
     from ..pairs import plan_pairs
 
-    check_precision(precision)
     plan = plan_pairs(ref, dist, all_pairs=all_pairs, skip_unmatched=skip_unmatched)
     if spatial_map is not None and plan.folder_mode:
         raise InvalidInputError("--spatial-map is for two images: use --spatial-dir DIR with folders")

@@ -101,8 +101,9 @@ process's gradient, that average equals the one-process gradient of the global b
 sizes are *global* (items per optimiser step for the whole job, whatever the number of
 processes), and with a seed the weights after any step match a one-process run to rounding
 (fp32 on the CPU: within 1e-5, unless an activation sits within rounding of a ReLU's kink: then
-a gradient term switches on in one run and not the other; float64 runs agree to ~1e-15). BatchNorm statistics are those of the global batch (SyncBatchNorm;
-engine.CPUSyncBatchNorm on the CPU). Only the main process writes files and reports progress;
+a gradient term switches on in one run and not the other; float64 runs agree to ~1e-15).
+BatchNorm statistics are those of the global batch (SyncBatchNorm; engine.CPUSyncBatchNorm on
+the CPU). Only the main process writes files and reports progress;
 ``latest.pth`` holds nothing that depends on the number of processes, so a run resumes on any
 number of them. Only this module and engine.py know about processes.
 
