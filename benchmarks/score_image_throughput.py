@@ -57,30 +57,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from bench_photos import write_photographs  # beside this file (sys.path[0])
+from bench_weights import write_random_torchvision_files
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 # -- weights, all random, written where the loaders look -------------------------------------
-def write_resnet50_cache() -> None:
-    """Random ResNet-50 weights under torchvision's ImageNet file name in $TORCH_HOME (the layout of
-    torchvision's own file: classifier included, no num_batches_tracked)."""
-    import torchvision
-
-    from iqa_cli.models.graphiqa import RESNET50
-    from iqa_cli.weights import torchvision_cache_file
-
-    target = torchvision_cache_file(RESNET50)
-    if target.is_file():
-        return
-    torch.manual_seed(50)
-    state = {k: v for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
-
-
 def write_low_level(root: Path) -> Path:
     from iqa_cli.models.grepq import LowLevelEncoder
 
@@ -143,7 +126,7 @@ def write_graphiqa(root: Path) -> Path:
     so the checkpoint leaves it out and the loader reads the torchvision cache, as for a trained run."""
     from iqa_cli.weights import load_graphiqa, save_graphiqa_checkpoint
 
-    write_resnet50_cache()
+    write_random_torchvision_files(["resnet50"])
     torch.manual_seed(4)
     return save_graphiqa_checkpoint(root / "graphiqa.pth", load_graphiqa(None, backbone_weights="imagenet"))
 

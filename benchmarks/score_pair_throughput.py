@@ -101,9 +101,7 @@ def make_pairs(root: Path, n_pairs: int, seed: int = 0) -> tuple[Path, Path]:
 def prepare_backbone_weights(torch_home: Path) -> str:
     """Real ImageNet AlexNet from torchvision's cache when present; else random weights cached under its
     file name in a private TORCH_HOME (read by both iqa and the lpips package). Returns which."""
-    import torch
-    import torchvision
-
+    from bench_weights import write_random_torchvision_files
     from iqa_cli.models.backbones import BACKBONES
     from iqa_cli.weights import torchvision_cache_file
 
@@ -111,10 +109,7 @@ def prepare_backbone_weights(torch_home: Path) -> str:
     if cached.is_file():
         return f"ImageNet (cached {cached})"
     os.environ["TORCH_HOME"] = str(torch_home)
-    target = torchvision_cache_file(BACKBONES["alex"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet().state_dict(), target)  # the whole classifier: lpips loads it strictly
+    write_random_torchvision_files(["alexnet"])
     return "random (no cached ImageNet AlexNet; the same random weights on both sides)"
 
 

@@ -13,8 +13,8 @@ What it does, for each method of `iqa train --method` (cli/train_methods.py METH
    (tests/db_fixtures.py, graphiqa-pretrain and grepq-low); the same kind of folder with a planted
    MOS in KADID-10k's layout (graphiqa, asna, grepq-ridge); pristine photographs (grepq-high).
    Weights are random (speed does not depend on their values) and nothing is downloaded:
-   IQA_OFFLINE=1, a private TORCH_HOME holding generated torchvision files (tests/conftest.py's
-   generator, plus ResNet-50 for GraphIQA), a random open_clip RN50 file and a random GRepQ
+   IQA_OFFLINE=1, a private TORCH_HOME holding random torchvision files (benchmarks/bench_weights.py:
+   the --net backbone and ResNet-50 for GraphIQA), a random open_clip RN50 file and a random GRepQ
    low-level encoder;
 2. runs `python -m iqa_cli train --method M ... --device DEV --json` in a fresh child process for
    --epochs epochs, evaluating only before the first epoch and after the last;
@@ -196,23 +196,15 @@ class Inputs:
         return path
 
 
-def write_fake_torch_home(torch_home: Path) -> None:
-    """tests/conftest.py's random LPIPS backbones, and a random torchvision ResNet-50 (GraphIQA)
-    under its official file name, with the layout of torchvision's file (no BatchNorm counters)."""
-    import torch
-    import torchvision
-    from conftest import _write_fake_torchvision_cache
+def write_fake_torch_home(torch_home: Path, net: str) -> None:
+    """Random torchvision files (benchmarks/bench_weights.py) for the LPIPS backbone ``net`` (mos,
+    bapps) and ResNet-50 (GraphIQA), in a private TORCH_HOME this process points to as well."""
+    from bench_weights import write_random_torchvision_files
+    from iqa_cli.models.backbones import BACKBONES
+    from iqa_cli.registry import canonical_net
 
-    from iqa_cli.models.graphiqa import RESNET50
-    from iqa_cli.weights import torchvision_cache_file
-
-    _write_fake_torchvision_cache(torch_home)  # also points this process's TORCH_HOME there
-    torch.manual_seed(50)
-    state = {k: v for k, v in torchvision.models.resnet50(weights=None).state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    target = torchvision_cache_file(RESNET50)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
+    os.environ["TORCH_HOME"] = str(torch_home)
+    write_random_torchvision_files([BACKBONES[canonical_net(net)].torchvision_builder, "resnet50"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +400,7 @@ def main() -> None:
     tic = time.perf_counter()
     try:
         os.environ["IQA_OFFLINE"] = "1"
-        write_fake_torch_home(work / "torch_home")
+        write_fake_torch_home(work / "torch_home", args.net)
         env = {**os.environ, "IQA_OFFLINE": "1", "TORCH_HOME": str(work / "torch_home"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         if args.threads:

@@ -41,17 +41,7 @@ print("gpu:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "N
       "| cpus", __import__("os").cpu_count())
 EOF
 } >"$summary" 2>&1
-"$py" - "$TORCH_HOME" >>"$summary" 2>&1 <<'EOF'
-# whole random torchvision models under their official file names: iqa and the lpips package load them
-import os, sys, torch, torchvision
-folder = os.path.join(sys.argv[1], "hub", "checkpoints")
-os.makedirs(folder, exist_ok=True)
-for build, weights in ((torchvision.models.alexnet, "AlexNet_Weights"), (torchvision.models.vgg16, "VGG16_Weights"),
-                       (torchvision.models.squeezenet1_1, "SqueezeNet1_1_Weights"),
-                       (torchvision.models.resnet50, "ResNet50_Weights")):
-    url = getattr(torchvision.models, weights).IMAGENET1K_V1.url
-    torch.save(build().state_dict(), os.path.join(folder, os.path.basename(url)))
-EOF
+"$py" benchmarks/bench_weights.py "$TORCH_HOME" >>"$summary" 2>&1  # whole random torchvision models
 
 step() {  # step NAME TIMEOUT CMD...: run, log to $work/NAME.log, record status and seconds
     local name=$1 limit=$2
