@@ -43,6 +43,41 @@ def write_random_torchvision_files(names=NAMES, seed: int = 0) -> list[Path]:
     return written
 
 
+def write_random_low_level(path: Path, seed: int = 5) -> Path:
+    """A random GRepQ low-level encoder, saved as the authors' files are ({"state_dict": ...})."""
+    import torch
+
+    from iqa_cli.models.grepq import LowLevelEncoder
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": LowLevelEncoder().state_dict()}, path)
+    return path
+
+
+def write_random_clip(path: Path, seed: int = 11) -> Path:
+    """A random open_clip RN50 (QuickGELU, as iqa's loader builds it; the text tower too, since the
+    prompts are embedded at load), as open_clip saves it. ImportError without open_clip."""
+    import logging
+
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: none are wanted
+    try:
+        model = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True).eval()
+    finally:
+        logging.disable(logging.NOTSET)
+    with torch.no_grad():
+        for m in model.visual.modules():  # zero-initialised bn3 scales would make every block an identity
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
 if __name__ == "__main__":
     os.environ["TORCH_HOME"] = sys.argv[1]
     for path in write_random_torchvision_files(sys.argv[2:] or NAMES):

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import statistics
@@ -57,41 +56,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from bench_photos import write_photographs  # beside this file (sys.path[0])
-from bench_weights import write_random_torchvision_files
+from bench_weights import write_random_clip, write_random_low_level, write_random_torchvision_files
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 # -- weights, all random, written where the loaders look -------------------------------------
-def write_low_level(root: Path) -> Path:
-    from iqa_cli.models.grepq import LowLevelEncoder
-
-    torch.manual_seed(5)
-    path = root / "grepq_low.pth"
-    torch.save({"state_dict": LowLevelEncoder().state_dict()}, path)
-    return path
-
-
-def write_clip(root: Path) -> Path:
-    """A random CLIP RN50 (text tower too: the prompts are embedded at load) as open_clip saves it."""
-    import open_clip
-
-    torch.manual_seed(11)
-    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: none are wanted
-    try:
-        model = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True).eval()
-    finally:
-        logging.disable(logging.NOTSET)
-    with torch.no_grad():
-        for m in model.visual.modules():  # zero-initialised bn3 scales would make every block an identity
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-    path = root / "clip_rn50.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def write_pristine_store(root: Path, width: int, height: int) -> Path:
     from iqa_cli.pristine import build_pristine_store
 
@@ -138,13 +109,13 @@ def metric_options(name: str, root: Path, args, made: dict) -> dict:
             made[key] = fn()
         return made[key]
 
-    clip = None if args.no_clip else (lambda: once("clip", lambda: write_clip(root)))
+    clip = None if args.no_clip else (lambda: once("clip", lambda: write_random_clip(root / "clip_rn50.pt")))
     if name == "grepq":
-        return {"low_level_weights": once("low", lambda: write_low_level(root)),
+        return {"low_level_weights": once("low", lambda: write_random_low_level(root / "grepq_low.pth")),
                 "pristine": once("pristine", lambda: write_pristine_store(root, *args.size)),
                 "clip_weights": clip() if clip else None}
     if name == "grepq-ridge":
-        low = once("low", lambda: write_low_level(root))
+        low = once("low", lambda: write_random_low_level(root / "grepq_low.pth"))
         clip_path = clip() if clip else None
         return {"checkpoint": once("ridge", lambda: write_ridge(root, low, clip_path))}
     if name == "graphiqa":

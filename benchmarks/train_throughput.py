@@ -170,30 +170,18 @@ class Inputs:
         return self.root / "pristine"
 
     def _clip(self) -> Path | None:
-        """A random open_clip RN50 (QuickGELU, as the loader builds it); None without open_clip."""
+        """A random open_clip RN50 file; None without open_clip."""
+        from bench_weights import write_random_clip
+
         try:
-            import open_clip
+            return write_random_clip(self.root / "weights" / "clip_rn50_random.pt")
         except ImportError:
             return None
-        import torch
-
-        torch.manual_seed(11)
-        model = open_clip.create_model("RN50", pretrained=None, force_quick_gelu=True)
-        path = self.root / "weights" / "clip_rn50_random.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-        return path
 
     def _low_level(self) -> Path:
-        import torch
+        from bench_weights import write_random_low_level
 
-        from iqa_cli.models.grepq import LowLevelEncoder
-
-        torch.manual_seed(3)
-        path = self.root / "weights" / "grepq_low_random.pth"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": LowLevelEncoder().state_dict()}, path)
-        return path
+        return write_random_low_level(self.root / "weights" / "grepq_low_random.pth")
 
 
 def write_fake_torch_home(torch_home: Path, net: str) -> None:
